@@ -1,0 +1,28 @@
+"""PyTorch models of the book. Tensors are channels-first: (B, C, D, H, W) in 3D.
+
+Importing this package imports PyTorch. Sub-modules (``core``, ``resnet3d``,
+``inflate``, ``nvnet``, ``losses``, ``inference``, ``train``, ``data``) are imported on
+demand.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["count_params"]
+
+
+def count_params(module: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of a PyTorch module (buffers such as BN statistics excluded).
+
+    Args:
+        module: Any ``torch.nn.Module``.
+        trainable_only: Count only parameters with ``requires_grad``. Defaults to False.
+
+    Returns:
+        The parameter count as a Python int.
+    """
+    if not isinstance(module, torch.nn.Module):
+        raise ValueError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    return int(sum(p.numel() for p in module.parameters()
+                   if p.requires_grad or not trainable_only))
