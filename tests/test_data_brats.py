@@ -35,3 +35,190 @@ def test_regions_bad_values(values, match):
 def test_regions_non_integer_float():
     with pytest.raises(ValueError, match="integers, got dtype float64"):
         brats_regions(np.array([0.5, 1.0]))
+
+
+# --- finding and loading subjects -------------------------------------------------------
+
+import os  # noqa: E402
+
+from mednets.data import (  # noqa: E402
+    Subject,
+    find_brats_subjects,
+    load_subject,
+    sample_brats,
+    subject_from_dir,
+)
+from mednets.data.nifti import save_nifti  # noqa: E402
+from mednets.data.samples import SampleNotAvailable  # noqa: E402
+
+SHAPE = (6, 7, 5)
+LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+OLD = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair"}  # BraTS 2018-2020 suffixes
+NEW = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}  # BraTS 2021-2023 suffixes
+
+
+def _write_subject(directory, sid, suffixes, sep, ext=".nii.gz", seg=True, dtypes=None, seed=0):
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    truth = {}
+    for i, (mod, suffix) in enumerate(suffixes.items()):
+        data = (rng.random(SHAPE) * 100 + i).astype((dtypes or {}).get(mod, np.float32))
+        save_nifti(data, LPS, directory / f"{sid}{sep}{suffix}{ext}")
+        truth[mod] = data
+    if seg:
+        label = rng.choice(np.array([0, 1, 2, 4], np.uint8), size=SHAPE)
+        save_nifti(label, LPS, directory / f"{sid}{sep}seg{ext}")
+        truth["seg"] = label
+    return truth
+
+
+@pytest.mark.parametrize("layout", ["brats2018", "brats2023"])
+def test_find_subjects_both_layouts(tmp_path, layout):
+    if layout == "brats2018":
+        _write_subject(tmp_path / "HGG" / "Brats18_B_1", "Brats18_B_1", OLD, "_", ext=".nii")
+        _write_subject(tmp_path / "LGG" / "Brats18_A_2", "Brats18_A_2", OLD, "_")
+        expected = ["Brats18_A_2", "Brats18_B_1"]
+    else:
+        _write_subject(tmp_path / "BraTS-GLI-00002-000", "BraTS-GLI-00002-000", NEW, "-")
+        _write_subject(tmp_path / "BraTS-GLI-00001-000", "BraTS-GLI-00001-000", NEW, "-", seg=False)
+        expected = ["BraTS-GLI-00001-000", "BraTS-GLI-00002-000"]
+    # Stray things the seed's glob would have picked up as subjects:
+    (tmp_path / "name_mapping.csv").write_text("id\n")
+    (tmp_path / "notes").mkdir()
+    subjects = find_brats_subjects(tmp_path)
+    assert [s.id for s in subjects] == expected
+    for s in subjects:
+        assert set(s.images) == {"t1", "t1ce", "t2", "flair"}
+        assert all(p.is_file() and p.parent.name == s.id for p in s.images.values())
+    if layout == "brats2023":
+        assert subjects[0].label is None and subjects[1].label.name.endswith("-seg.nii.gz")
+        assert subjects[0].images["flair"].name == "BraTS-GLI-00001-000-t2f.nii.gz"
+
+
+def test_missing_modality_lists_it(tmp_path):
+    suffixes = {k: v for k, v in NEW.items() if k != "t2"}
+    _write_subject(tmp_path / "S1", "S1", suffixes, "-")
+    with pytest.raises(ValueError, match=r"'S1' .* missing modalities \['t2'\]; expected .* found files"):
+        find_brats_subjects(tmp_path)
+    # Asking only for what exists works.
+    (subject,) = find_brats_subjects(tmp_path, modalities=("flair", "t1"))
+    assert list(subject.images) == ["flair", "t1"]
+
+
+def test_find_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not_there"):
+        find_brats_subjects(tmp_path / "not_there")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no BraTS subjects found under .*empty"):
+        find_brats_subjects(tmp_path / "empty")
+    with pytest.raises(ValueError, match="unknown modality 'pd'"):
+        find_brats_subjects(tmp_path, modalities=("t1", "pd"))
+
+
+def test_duplicate_modality_file(tmp_path):
+    _write_subject(tmp_path / "S1", "S1", OLD, "_", ext=".nii")
+    save_nifti(np.zeros(SHAPE, np.float32), LPS, tmp_path / "S1" / "S1_t1.nii.gz")
+    with pytest.raises(ValueError, match=r"two files for 't1': S1_t1.nii and S1_t1.nii.gz"):
+        find_brats_subjects(tmp_path)
+
+
+def test_load_subject_shapes_orientation_and_mixed_dtypes(tmp_path):
+    truth = _write_subject(tmp_path / "S1", "S1", NEW, "-", dtypes={"t1": np.float64, "t2": np.int16})
+    (subject,) = find_brats_subjects(tmp_path)
+    image, label, meta = load_subject(subject)
+    assert image.shape == (4,) + SHAPE and image.dtype == np.float32
+    assert label.shape == SHAPE and label.dtype == np.uint8
+    for c, mod in enumerate(("flair", "t1", "t1ce", "t2")):
+        np.testing.assert_allclose(image[c], truth[mod][::-1, ::-1, :].astype(np.float32))
+    np.testing.assert_array_equal(label, truth["seg"][::-1, ::-1, :])
+    assert meta["orientation"] == "LPS" and meta["spacing"] == (1.0, 1.0, 1.0)
+    assert meta["modalities"] == ("flair", "t1", "t1ce", "t2")
+    assert meta["label_convention"] == "brats2018"
+    assert meta["disk_dtypes"]["t1"] == "float64" and meta["disk_dtypes"]["t2"] == "int16"
+    assert meta["paths"]["seg"].endswith("S1-seg.nii.gz")
+    np.testing.assert_allclose(meta["affine"][:3, :3], np.eye(3))
+    # A directory works as well as a Subject; channel order follows `modalities`.
+    image2, _, _ = load_subject(tmp_path / "S1", modalities=("t2", "t1ce"))
+    np.testing.assert_array_equal(image2, image[[3, 2]])
+
+
+def test_load_subject_shape_mismatch_names_files_and_shapes(tmp_path):
+    _write_subject(tmp_path / "S1", "S1", OLD, "_")
+    save_nifti(np.zeros((6, 7, 4), np.float32), LPS, tmp_path / "S1" / "S1_t2.nii.gz")
+    with pytest.raises(ValueError, match=r"S1_flair.nii.gz has shape \(6, 7, 5\) but .*S1_t2.nii.gz has shape \(6, 7, 4\)"):
+        load_subject(subject_from_dir(tmp_path / "S1"))
+
+
+def test_load_subject_affine_mismatch_names_files_and_affines(tmp_path):
+    _write_subject(tmp_path / "S1", "S1", OLD, "_")
+    shifted = LPS.copy()
+    shifted[0, 3] = 5.0
+    save_nifti(np.zeros(SHAPE, np.uint8), shifted, tmp_path / "S1" / "S1_seg.nii.gz")
+    with pytest.raises(ValueError, match=r"(?s)affine mismatch: .*S1_flair.nii.gz has affine.*-5\..*but .*S1_seg.nii.gz has affine"):
+        load_subject(subject_from_dir(tmp_path / "S1"))
+
+
+def test_load_subject_invalid_nifti_and_bad_labels(tmp_path):
+    _write_subject(tmp_path / "S1", "S1", OLD, "_")
+    (tmp_path / "S1" / "S1_t1ce.nii.gz").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"S1_t1ce.nii.gz is not a valid NIfTI file"):
+        load_subject(subject_from_dir(tmp_path / "S1"))
+    _write_subject(tmp_path / "S2", "S2", OLD, "_")
+    save_nifti(np.full(SHAPE, 7, np.uint8), LPS, tmp_path / "S2" / "S2_seg.nii.gz")
+    with pytest.raises(ValueError, match=r"S2_seg.nii.gz: .*unexpected values \[7\]"):
+        load_subject(subject_from_dir(tmp_path / "S2"))
+    subject = Subject("x", {"t1": tmp_path / "S2" / "S2_t1.nii.gz"}, None)
+    with pytest.raises(ValueError, match=r"has no \['flair'\]"):
+        load_subject(subject, modalities=("t1", "flair"))
+
+
+# --- the real sample (skipped only when MEDNETS_DATA has no copy) -----------------------
+
+
+@pytest.fixture(scope="module")
+def real_sample():
+    if not os.environ.get("MEDNETS_DATA"):
+        pytest.skip("MEDNETS_DATA is not set: no copy of the real BraTS sample")
+    try:
+        subject = sample_brats(download=False)
+    except SampleNotAvailable as err:
+        pytest.skip(f"no copy of the real BraTS sample: {err}")
+    return subject, load_subject(subject)
+
+
+def test_real_sample_loads_in_ras(real_sample):
+    subject, (image, label, meta) = real_sample
+    assert subject.id == "brats-sample" and subject.label is not None
+    assert image.shape == (4, 240, 240, 155) and image.dtype == np.float32
+    assert label.shape == (240, 240, 155) and label.dtype == np.uint8
+    assert meta["orientation"] == "LPS" and meta["label_convention"] == "brats2023"
+    assert meta["disk_dtypes"]["t1ce"] == "float32" and meta["disk_dtypes"]["flair"] == "float64"
+    assert np.all(np.diag(meta["affine"])[:3] > 0)  # canonical: every axis grows R, A, S
+    assert image.min() == 0.0 and float(image[0].max()) == 509.0  # FLAIR range from the README
+
+
+def test_real_sample_label_and_region_counts(real_sample):
+    _, (_, label, _) = real_sample
+    assert np.bincount(label.ravel(), minlength=5).tolist() == [8_783_268, 14_300, 108_566, 21_866, 0]
+    regions = brats_regions(label)
+    counts = regions.reshape(3, -1).sum(axis=1).tolist()
+    assert counts == [14_300 + 108_566 + 21_866, 14_300 + 21_866, 21_866]
+    # The 2018 convention (4 = enhancing) gives the same regions.
+    relabelled = np.where(label == 3, 4, label)
+    np.testing.assert_array_equal(brats_regions(relabelled), regions)
+
+
+def test_real_sample_hemisphere_after_ras(real_sample):
+    # In RAS the first axis grows towards the patient's right. The tumour's centroid must
+    # be where it is in world coordinates, whichever orientation the file had.
+    subject, (_, label, meta) = real_sample
+    import nibabel as nib
+
+    disk = nib.load(str(subject.label))
+    disk_centroid = np.argwhere(np.asarray(disk.dataobj) > 0).mean(axis=0)
+    world_disk = disk.affine @ np.append(disk_centroid, 1)
+    ras_centroid = np.argwhere(label > 0).mean(axis=0)
+    world_ras = meta["affine"] @ np.append(ras_centroid, 1)
+    np.testing.assert_allclose(world_disk, world_ras, atol=1e-6)
+
+

@@ -6,13 +6,53 @@ SciPy, nibabel and h5py: never PyTorch or TensorFlow (their loaders live in
 :mod:`mednets.torch.data` and :mod:`mednets.keras.data`).
 """
 
-from mednets.data.brats import REGION_NAMES, brats_regions, label_convention
+from mednets.data.brats import (
+    DEFAULT_MODALITIES,
+    MODALITIES,
+    REGION_NAMES,
+    Subject,
+    brats_regions,
+    find_brats_subjects,
+    label_convention,
+    load_subject,
+    subject_from_dir,
+)
+from mednets.data.crop import crop_or_pad, crop_patch, foreground_bbox, paste_patch, random_crop, sample_patch_start
+from mednets.data.h5store import H5Volumes, RandomPatches, convert_to_h5
+from mednets.data.nifti import load_nifti, orientation, save_nifti
 from mednets.data.phantoms import make_phantom, make_phantom_dataset
+from mednets.data.samples import SampleNotAvailable, sample_brats
+from mednets.data.transforms import brain_mask, flip, random_flip_rot90, rot90, zscore_normalise
 
 __all__ = [
+    "DEFAULT_MODALITIES",
+    "MODALITIES",
     "REGION_NAMES",
+    "Subject",
     "brats_regions",
+    "find_brats_subjects",
     "label_convention",
+    "load_subject",
+    "subject_from_dir",
+    "crop_or_pad",
+    "crop_patch",
+    "foreground_bbox",
+    "paste_patch",
+    "random_crop",
+    "sample_patch_start",
+    "H5Volumes",
+    "RandomPatches",
+    "convert_to_h5",
+    "load_nifti",
+    "orientation",
+    "save_nifti",
     "make_phantom",
     "make_phantom_dataset",
+    "SampleNotAvailable",
+    "sample_brats",
+    "brain_mask",
+    "flip",
+    "random_flip_rot90",
+    "rot90",
+    "zscore_normalise",
 ]

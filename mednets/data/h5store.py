@@ -1,0 +1,461 @@
+"""An HDF5 store of 3D subjects, chunked for fast random patch reads.
+
+Decompressing four ``.nii.gz`` files costs seconds per subject, and a training loop
+wants one random patch from a random subject many times a second. The fix (used by the
+seed blog post, after Isensee's 2017 BraTS code) is to convert the data set once into a
+single HDF5 file. Done well, the file is *chunked*: the volume is cut into small blocks,
+each compressed on its own, so reading a patch decompresses only the blocks it touches.
+
+Layout of a store::
+
+    /                    attrs: format, modalities (JSON)
+    /subjects/<id>/image float32 (C, X, Y, Z), chunks (C, cx, cy, cz), compressed
+    /subjects/<id>/label uint8 (X, Y, Z), chunks (cx, cy, cz)           (if labelled)
+    /subjects/<id>/foreground int32 (N, 3) sample of labelled voxels    (if labelled)
+    /subjects/<id>       attrs: affine, spacing, orientation, offset, full_shape,
+                         mean, std (per channel, inside the brain), label_convention,
+                         modalities, paths, disk_dtypes (JSON)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from mednets.data.brats import DEFAULT_MODALITIES, Subject, _normalise_modalities, label_convention, load_subject
+from mednets.data.crop import _as_triple, _check_inside, foreground_bbox, sample_patch_start
+from mednets.data.transforms import brain_mask, channel_stats, random_flip_rot90, zscore_normalise
+
+__all__ = ["FORMAT", "convert_to_h5", "H5Volumes", "RandomPatches"]
+
+#: Format tag written to the root attributes.
+FORMAT = "mednets-h5-v1"
+
+#: At most this many foreground coordinates are stored per subject for the sampler.
+MAX_FOREGROUND_POINTS = 20_000
+
+_COMPRESSION = {"gzip": ("gzip", 4), "lzf": ("lzf", None), None: (None, None), "none": (None, None)}
+
+
+def _chunk_shape(shape, chunks):
+    return tuple(min(int(c), int(s)) for c, s in zip(chunks, shape))
+
+
+def _item_from(subject, modalities):
+    """Load one input item: a Subject, a subject directory, or (id, image, label)."""
+    if isinstance(subject, tuple) and len(subject) == 3:
+        sid, image, label = subject
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim != 4:
+            raise ValueError(f"subject {sid!r}: image must have shape (C, X, Y, Z), got {image.shape}")
+        if len(modalities) != image.shape[0]:
+            raise ValueError(
+                f"subject {sid!r}: image has {image.shape[0]} channels but {len(modalities)} modalities "
+                f"{list(modalities)} were given"
+            )
+        if label is not None:
+            label = np.asarray(label)
+            if label.shape != image.shape[1:]:
+                raise ValueError(f"subject {sid!r}: label shape {label.shape} must equal image spatial shape {image.shape[1:]}")
+            label = label.astype(np.uint8)
+        meta = {
+            "id": str(sid),
+            "modalities": tuple(modalities),
+            "affine": np.eye(4),
+            "spacing": (1.0, 1.0, 1.0),
+            "orientation": "RAS",
+            "paths": {},
+            "disk_dtypes": {},
+            "label_convention": None if label is None else label_convention(label),
+        }
+        return image, label, meta
+    if isinstance(subject, (Subject, str, os.PathLike)):
+        return load_subject(subject, modalities)
+    raise ValueError(f"expected a Subject, a directory or an (id, image, label) tuple, got {type(subject).__name__}")
+
+
+def _subject_id(subject):
+    if isinstance(subject, Subject):
+        return subject.id
+    if isinstance(subject, tuple):
+        return str(subject[0])
+    return Path(subject).name
+
+
+def _write_subject(group, image, label, meta, crop_foreground, margin, chunks, compression, level, seed):
+    full_shape = image.shape[1:]
+    offset = (0, 0, 0)
+    mask = brain_mask(image)
+    if crop_foreground:
+        fg = mask if label is None else (mask | (label > 0))
+        start, stop = foreground_bbox(fg, margin=margin)
+        box = tuple(slice(a, b) for a, b in zip(start, stop))
+        image = image[(slice(None),) + box]
+        label = None if label is None else label[box]
+        mask = mask[box]
+        offset = start
+    spatial_chunks = _chunk_shape(image.shape[1:], chunks)
+    opts = {"compression": compression, "compression_opts": level} if compression else {}
+    group.create_dataset("image", data=image, chunks=(image.shape[0],) + spatial_chunks, shuffle=bool(compression), **opts)
+    if label is not None:
+        group.create_dataset("label", data=label, chunks=spatial_chunks, **opts)
+        points = np.argwhere(label > 0).astype(np.int32)
+        if len(points) > MAX_FOREGROUND_POINTS:
+            keep = np.random.default_rng(seed).choice(len(points), MAX_FOREGROUND_POINTS, replace=False)
+            points = points[np.sort(keep)]
+        group.create_dataset("foreground", data=points.reshape(-1, 3))
+    if mask.any():
+        mean, std = channel_stats(image, mask)
+    else:
+        mean, std = np.zeros(image.shape[0]), np.ones(image.shape[0])
+    attrs = group.attrs
+    attrs["affine"] = np.asarray(meta["affine"], dtype=np.float64)
+    attrs["spacing"] = np.asarray(meta["spacing"], dtype=np.float64)
+    attrs["orientation"] = meta["orientation"]
+    attrs["offset"] = np.asarray(offset, dtype=np.int64)
+    attrs["full_shape"] = np.asarray(full_shape, dtype=np.int64)
+    attrs["mean"] = mean
+    attrs["std"] = std
+    attrs["modalities"] = json.dumps(list(meta["modalities"]))
+    attrs["label_convention"] = meta["label_convention"] or ""
+    attrs["paths"] = json.dumps(meta["paths"])
+    attrs["disk_dtypes"] = json.dumps(meta["disk_dtypes"])
+
+
+def convert_to_h5(
+    subjects,
+    path,
+    *,
+    modalities=DEFAULT_MODALITIES,
+    crop_foreground=False,
+    margin=2,
+    chunks=(32, 32, 32),
+    compression="lzf",
+    append=False,
+    overwrite=False,
+    progress=True,
+):
+    """Convert subjects into one chunked, compressed HDF5 store, atomically.
+
+    The file is written to a temporary name in the same directory and renamed to
+    ``path`` only when every subject has been written, so an error (a missing or
+    corrupt file, mismatched shapes...) or an interruption never leaves a partial store
+    at ``path``. With ``append=True`` the existing store is copied, extended and swapped
+    in the same way; subjects already present are skipped.
+
+    Args:
+        subjects: Iterable of :class:`~mednets.data.brats.Subject`, subject
+            directories, or ``(id, image, label)`` tuples of arrays (image
+            ``(C, X, Y, Z)``, label ``(X, Y, Z)`` or None), e.g. phantoms.
+        path: Output ``.h5`` file.
+        modalities: Channel order. Defaults to ``("flair", "t1", "t1ce", "t2")``.
+        crop_foreground: Crop each subject to the bounding box of its brain (non-zero
+            voxels) and label, plus ``margin``; the crop's corner is stored as ``offset``
+            so predictions can be pasted back. Defaults to False.
+        margin: Voxels kept around the foreground when cropping. Defaults to 2.
+        chunks: Spatial chunk shape; each image chunk holds all channels, so a patch
+            read touches ``ceil(patch / chunk)`` chunks per axis. Defaults to
+            ``(32, 32, 32)`` (512 KiB of float32 for 4 channels).
+        compression: ``"lzf"`` (fast), ``"gzip"`` (smaller, slower) or None.
+            Defaults to ``"lzf"``.
+        append: Add to an existing store, skipping subjects already in it. Defaults
+            to False.
+        overwrite: Replace an existing store. Defaults to False.
+        progress: Show a tqdm progress bar. Defaults to True.
+
+    Returns:
+        A summary dict: ``path``, ``written`` and ``skipped`` (lists of ids),
+        ``n_subjects`` (in the store), ``bytes`` (file size) and ``raw_bytes`` (the
+        uncompressed size of the arrays written).
+
+    Raises:
+        FileExistsError: If ``path`` exists and neither ``append`` nor ``overwrite``.
+        ValueError: On bad input (see :func:`~mednets.data.brats.load_subject`), a
+            duplicated id, or modalities that differ from the existing store's.
+    """
+    from tqdm.auto import tqdm
+
+    path = Path(path)
+    modalities = tuple(_normalise_modalities(modalities))
+    if compression not in _COMPRESSION:
+        raise ValueError(f"compression must be one of 'gzip', 'lzf' or None, got {compression!r}")
+    compression, level = _COMPRESSION[compression]
+    chunks = _as_triple("chunks", chunks)
+    if min(chunks) < 1:
+        raise ValueError(f"chunks must be >= 1 on every axis, got {chunks}")
+    if append and overwrite:
+        raise ValueError("append and overwrite cannot both be True")
+    if path.exists() and not (append or overwrite):
+        raise FileExistsError(f"{path} exists; pass append=True to add subjects or overwrite=True to replace it")
+    subjects = list(subjects)
+    ids = [_subject_id(s) for s in subjects]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"subject ids must be unique, got duplicates {duplicates}")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    written, skipped, raw_bytes = [], [], 0
+    try:
+        if append and path.exists():
+            shutil.copyfile(path, tmp)
+            mode = "r+"
+        else:
+            mode = "w"
+        with h5py.File(tmp, mode) as f:
+            if mode == "w":
+                f.attrs["format"] = FORMAT
+                f.attrs["modalities"] = json.dumps(list(modalities))
+                f.create_group("subjects")
+            else:
+                existing = tuple(json.loads(f.attrs["modalities"]))
+                if existing != modalities:
+                    raise ValueError(
+                        f"cannot append to {path}: it stores modalities {list(existing)}, got {list(modalities)}"
+                    )
+            group = f["subjects"]
+            bar = tqdm(list(zip(ids, subjects)), desc=f"HDF5 {path.name}", unit="subject", disable=not progress)
+            for i, (sid, subject) in enumerate(bar):
+                bar.set_postfix_str(sid)
+                if sid in group:
+                    skipped.append(sid)
+                    continue
+                image, label, meta = _item_from(subject, modalities)
+                raw_bytes += image.nbytes + (0 if label is None else label.nbytes)
+                _write_subject(group.create_group(sid), image, label, meta, crop_foreground, margin,
+                               chunks, compression, level, seed=i)
+                written.append(sid)
+            bar.close()
+            n_subjects = len(group)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return {
+        "path": str(path),
+        "written": written,
+        "skipped": skipped,
+        "n_subjects": n_subjects,
+        "bytes": path.stat().st_size,
+        "raw_bytes": raw_bytes,
+    }
+
+
+class H5Volumes:
+    """Read a store written by :func:`convert_to_h5`.
+
+    The file is opened lazily, on the first read, and the handle is dropped when the
+    object is pickled: each PyTorch ``DataLoader`` worker then opens its own handle
+    (HDF5 handles must not be shared across processes).
+
+    Args:
+        path: The ``.h5`` file.
+
+    Example:
+        >>> store = H5Volumes("brats.h5")  # doctest: +SKIP
+        >>> image, label = store.read_patch(store.ids[0], (10, 20, 30), (64, 64, 64))  # doctest: +SKIP
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"HDF5 store not found: {self.path}")
+        self._file = None
+        with self._open() as f:
+            if f.attrs.get("format") != FORMAT:
+                raise ValueError(f"{self.path} is not a mednets store: format {f.attrs.get('format')!r}, expected {FORMAT!r}")
+            self.modalities = tuple(json.loads(f.attrs["modalities"]))
+            self.ids = sorted(f["subjects"].keys())
+            self._shapes = {sid: tuple(f["subjects"][sid]["image"].shape[1:]) for sid in self.ids}
+            self._labelled = {sid: "label" in f["subjects"][sid] for sid in self.ids}
+
+    def _open(self):
+        return h5py.File(self.path, "r")
+
+    @property
+    def file(self):
+        if self._file is None:
+            self._file = self._open()
+        return self._file
+
+    def close(self):
+        """Close the file handle (it reopens on the next read)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_file"] = None
+        return state
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __repr__(self):
+        return f"H5Volumes({str(self.path)!r}, {len(self)} subjects, modalities={list(self.modalities)})"
+
+    def _group(self, sid):
+        if sid not in self._shapes:
+            raise KeyError(f"subject {sid!r} not in {self.path}; it has {len(self.ids)} subjects, e.g. {self.ids[:3]}")
+        return self.file["subjects"][sid]
+
+    def shape(self, sid):
+        """Spatial shape ``(X, Y, Z)`` of a stored subject (after any crop)."""
+        self._group(sid)
+        return self._shapes[sid]
+
+    def has_label(self, sid):
+        """Whether the subject was stored with a label map."""
+        self._group(sid)
+        return self._labelled[sid]
+
+    def meta(self, sid):
+        """The subject's metadata (affine, spacing, orientation, offset, statistics...)."""
+        attrs = self._group(sid).attrs
+        out = {}
+        for key, value in attrs.items():
+            if key in ("modalities", "paths", "disk_dtypes"):
+                value = json.loads(value)
+            elif isinstance(value, np.ndarray) and key in ("offset", "full_shape"):
+                value = tuple(int(v) for v in value)
+            out[key] = value
+        out["label_convention"] = out.get("label_convention") or None
+        out["shape"] = self._shapes[sid]
+        return out
+
+    def foreground(self, sid):
+        """A sample (up to 20,000) of labelled voxel coordinates, int32 ``(N, 3)``."""
+        group = self._group(sid)
+        return group["foreground"][()] if "foreground" in group else np.zeros((0, 3), np.int32)
+
+    def read(self, sid):
+        """The whole subject: ``(image float32 (C, X, Y, Z), label uint8 (X, Y, Z) or None)``."""
+        group = self._group(sid)
+        label = group["label"][()] if "label" in group else None
+        return group["image"][()], label
+
+    def read_patch(self, sid, start, size):
+        """Read one patch; HDF5 decompresses only the chunks the patch overlaps.
+
+        Args:
+            sid: Subject id.
+            start: Corner ``(x, y, z)``.
+            size: Patch size ``(x, y, z)``.
+
+        Returns:
+            ``(image (C, x, y, z) float32, label (x, y, z) uint8 or None)``.
+
+        Raises:
+            ValueError: If the patch does not lie inside the stored volume.
+        """
+        group = self._group(sid)
+        start, size = _as_triple("start", start), _as_triple("size", size)
+        _check_inside(start, size, self._shapes[sid])
+        box = tuple(slice(s, s + n) for s, n in zip(start, size))
+        image = group["image"][(slice(None),) + box]
+        label = group["label"][box] if "label" in group else None
+        return image, label
+
+
+class RandomPatches:
+    """Random training patches from an :class:`H5Volumes` store (framework-free core).
+
+    Item ``index`` of epoch ``epoch`` is a pure function of ``(seed, epoch, index)``:
+    subject ``index % len(ids)``, a patch corner from
+    :func:`~mednets.data.crop.sample_patch_start` (foreground-biased), optional z-score
+    normalisation with the subject's stored whole-volume statistics, and optional
+    random flips and rotations. :mod:`mednets.torch.data` and :mod:`mednets.keras.data`
+    wrap it.
+
+    Args:
+        store: An :class:`H5Volumes` or a path to one.
+        patch_size: ``(x, y, z)``. Defaults to ``(64, 64, 64)``.
+        samples_per_epoch: Items per epoch. Defaults to None (one per subject).
+        foreground_fraction: Share of patches centred on a tumour voxel. Defaults to 0.5.
+        normalise: Z-score each channel with the stored brain statistics. Defaults to True.
+        augment: Random flips and axial quarter turns. Defaults to False.
+        target: ``"classes"`` gives an int64 map of classes 0..3 (0 background,
+            1 necrotic core, 2 oedema, 3 enhancing, whatever the stored convention);
+            ``"regions"`` gives float32 ``(3, x, y, z)`` WT/TC/ET masks. Defaults to
+            ``"classes"``.
+        ids: Subset of subject ids. Defaults to None (all).
+        seed: Base seed. Defaults to 0.
+    """
+
+    def __init__(self, store, patch_size=(64, 64, 64), samples_per_epoch=None, foreground_fraction=0.5,
+                 normalise=True, augment=False, target="classes", ids=None, seed=0):
+        self.store = store if isinstance(store, H5Volumes) else H5Volumes(store)
+        self.patch_size = _as_triple("patch_size", patch_size)
+        self.ids = list(self.store.ids if ids is None else ids)
+        missing = [i for i in self.ids if i not in self.store._shapes]
+        if missing:
+            raise ValueError(f"ids not in {self.store.path}: {missing}")
+        if not self.ids:
+            raise ValueError(f"no subjects to sample from in {self.store.path}")
+        for sid in self.ids:
+            shape = self.store._shapes[sid]
+            if any(p > s for p, s in zip(self.patch_size, shape)):
+                raise ValueError(f"patch size {self.patch_size} is larger than subject {sid!r} of shape {shape}")
+        if target not in ("classes", "regions"):
+            raise ValueError(f"target must be 'classes' or 'regions', got {target!r}")
+        self.samples_per_epoch = len(self.ids) if samples_per_epoch is None else int(samples_per_epoch)
+        self.foreground_fraction = foreground_fraction
+        self.normalise = normalise
+        self.augment = augment
+        self.target = target
+        self.seed = seed
+        self.epoch = 0
+        self._cache = {}
+
+    def __len__(self):
+        return self.samples_per_epoch
+
+    def set_epoch(self, epoch):
+        """Draw different patches in each epoch (items stay reproducible per epoch)."""
+        self.epoch = int(epoch)
+
+    def _subject_info(self, sid):
+        if sid not in self._cache:
+            meta = self.store.meta(sid)
+            self._cache[sid] = (self.store.foreground(sid), meta["mean"], meta["std"])
+        return self._cache[sid]
+
+    def get(self, index, epoch=None):
+        """Item ``index``: ``(image float32 (C, x, y, z), target)`` as NumPy arrays."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        epoch = self.epoch if epoch is None else epoch
+        rng = np.random.default_rng([self.seed, epoch, index])
+        sid = self.ids[index % len(self.ids)]
+        foreground, mean, std = self._subject_info(sid)
+        start = sample_patch_start(self.store._shapes[sid], self.patch_size, rng, foreground, self.foreground_fraction)
+        image, label = self.store.read_patch(sid, start, self.patch_size)
+        if label is None:
+            label = np.zeros(self.patch_size, np.uint8)
+        if self.normalise:
+            image = zscore_normalise(image, brain_mask(image), mean, std)
+        if self.augment:
+            image, label = random_flip_rot90(image, label, rng)
+        if self.target == "classes":
+            label = np.where(label == 4, 3, label).astype(np.int64)
+            return image.astype(np.float32, copy=False), label
+        from mednets.data.brats import brats_regions
+
+        return image.astype(np.float32, copy=False), brats_regions(label).astype(np.float32)
+
+    __getitem__ = get

@@ -1,0 +1,175 @@
+"""The book's one real BraTS-format case, found locally or downloaded and verified.
+
+The case comes from the public BrainLesion/BraTS repository (Apache-2.0): four
+co-registered MRI modalities (240 x 240 x 155, 1 mm, BraTS 2023 naming) and a label map.
+**The label map is the output of a BraTS-challenge segmentation algorithm, not a manual
+annotation**: treat it as a good reference, not as ground truth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mednets.data.brats import Subject, subject_from_dir
+
+__all__ = ["SAMPLE_FILES", "SampleNotAvailable", "cache_dir", "sample_dirs", "download_file", "sample_brats"]
+
+_BASE = "https://raw.githubusercontent.com/BrainLesion/BraTS/528ab54e0599e30b831c759fa001eb95c2b053d9"
+
+#: File name in the sample directory -> (download URL, SHA-256).
+SAMPLE_FILES = {
+    "t1c.nii.gz": (
+        f"{_BASE}/data/preprocessed_case/t1c.nii.gz",
+        "398ef610a2070826ffb93092e646216adf63c0c0ad896d6c9d778433e57966b3",
+    ),
+    "t1n.nii.gz": (
+        f"{_BASE}/data/preprocessed_case/t1n.nii.gz",
+        "ba2f57ea39b7b14347af44c925b760d99ba22c70f4303d5aa5435b5986a33079",
+    ),
+    "t2f.nii.gz": (
+        f"{_BASE}/data/preprocessed_case/t2f.nii.gz",
+        "6e72edf9e6bc87277df733e2e72c9acddc139b0dbc35399452afdccf051884e9",
+    ),
+    "t2w.nii.gz": (
+        f"{_BASE}/data/preprocessed_case/t2w.nii.gz",
+        "a32356a8afe56285355897602451d5f815fc20cf12216bd12a8986fbe8dc6f5f",
+    ),
+    "seg.nii.gz": (
+        f"{_BASE}/outputs/segmentation.nii.gz",
+        "2729f0947180454ffbe04ff77372feb66ff9afbbb81e026e8f67d8fa23206506",
+    ),
+}
+
+SAMPLE_NAME = "brats-sample"
+
+
+class SampleNotAvailable(RuntimeError):
+    """The sample is neither on disk nor downloadable (e.g. offline)."""
+
+
+def cache_dir() -> Path:
+    """The user cache directory: ``$MEDNETS_CACHE``, else ``$XDG_CACHE_HOME/mednets``,
+    else ``~/.cache/mednets``."""
+    if os.environ.get("MEDNETS_CACHE"):
+        return Path(os.environ["MEDNETS_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mednets"
+
+
+def sample_dirs() -> list[Path]:
+    """Where :func:`sample_brats` looks, in order: ``$MEDNETS_DATA/brats-sample`` (if
+    ``MEDNETS_DATA`` is set), then ``cache_dir()/brats-sample``."""
+    dirs = []
+    if os.environ.get("MEDNETS_DATA"):
+        dirs.append(Path(os.environ["MEDNETS_DATA"]).expanduser() / SAMPLE_NAME)
+    dirs.append(cache_dir() / SAMPLE_NAME)
+    return dirs
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _complete(directory: Path) -> bool:
+    return all((directory / name).is_file() for name in SAMPLE_FILES)
+
+
+def download_file(url, dest, sha256, *, opener=None, timeout=60):
+    """Download ``url`` to ``dest`` atomically and check its SHA-256.
+
+    The bytes go to a temporary file next to ``dest``, which is renamed to ``dest`` only
+    when the checksum matches; on any failure the temporary file is removed and
+    ``dest`` is left untouched.
+
+    Args:
+        url: Source URL (``https://`` or ``file://``).
+        dest: Destination path.
+        sha256: Expected hex digest.
+        opener: A function ``opener(url, timeout=...)`` returning a readable binary
+            response. Defaults to None (:func:`urllib.request.urlopen`).
+        timeout: Seconds. Defaults to 60.
+
+    Returns:
+        ``dest`` as a ``Path``.
+
+    Raises:
+        ValueError: If the checksum differs (the message gives both digests).
+        OSError: If the download fails (``urllib.error.URLError`` is an ``OSError``).
+    """
+    opener = urllib.request.urlopen if opener is None else opener
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, opener(url, timeout=timeout) as response:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                digest.update(block)
+                out.write(block)
+        if digest.hexdigest() != sha256:
+            raise ValueError(f"SHA-256 mismatch for {url}: expected {sha256}, got {digest.hexdigest()}")
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return dest
+
+
+def sample_brats(*, download=True, verify=False, opener=None) -> Subject:
+    """Return the real BraTS-format sample case as a :class:`~mednets.data.brats.Subject`.
+
+    Looks in ``$MEDNETS_DATA/brats-sample``, then in the user cache directory (see
+    :func:`cache_dir`); otherwise downloads the five files (about 7 MB) into the cache,
+    checking each SHA-256.
+
+    The label map is an algorithm's output (BraTS 2023 convention, 3 = enhancing
+    tumour), not a manual annotation.
+
+    Args:
+        download: Allow downloading. Defaults to True.
+        verify: Check the SHA-256 of a copy found on disk too. Defaults to False
+            (downloads are always checked).
+        opener: Passed to :func:`download_file` (tests use it). Defaults to None.
+
+    Returns:
+        The subject, with modalities ``t1``, ``t1ce``, ``t2``, ``flair`` and a label.
+
+    Raises:
+        SampleNotAvailable: If no copy exists and it cannot be downloaded; the message
+            says where to put the files.
+        ValueError: If a checksum does not match.
+    """
+    for directory in sample_dirs():
+        if _complete(directory):
+            if verify:
+                for name, (_, sha) in SAMPLE_FILES.items():
+                    actual = _sha256(directory / name)
+                    if actual != sha:
+                        raise ValueError(f"SHA-256 mismatch for {directory / name}: expected {sha}, got {actual}")
+            return subject_from_dir(directory, subject_id=SAMPLE_NAME)
+    target = cache_dir() / SAMPLE_NAME
+    where = " or ".join(str(d) for d in sample_dirs())
+    help_text = (
+        f"put the files {sorted(SAMPLE_FILES)} in {where} (or set MEDNETS_DATA to a folder "
+        f"holding {SAMPLE_NAME}/); their URLs and SHA-256 sums are in mednets.data.samples.SAMPLE_FILES"
+    )
+    if not download:
+        raise SampleNotAvailable(f"the BraTS sample is not on disk and download=False: {help_text}")
+    for name, (url, sha) in SAMPLE_FILES.items():
+        if (target / name).is_file():
+            continue
+        try:
+            download_file(url, target / name, sha, opener=opener)
+        except (OSError, urllib.error.URLError) as err:
+            raise SampleNotAvailable(f"could not download {url} ({err}); offline? {help_text}") from err
+    return subject_from_dir(target, subject_id=SAMPLE_NAME)

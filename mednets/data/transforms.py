@@ -1,0 +1,148 @@
+"""Intensity normalisation and joint spatial augmentation of image and label.
+
+MRI intensities have no physical unit: the same tissue can read 300 in one scan and 900
+in the next. The usual fix for brain MRI is a per-subject, per-modality z-score computed
+inside the brain only (the zeros outside it would otherwise dominate the statistics).
+Spatial augmentations must move the image and its label together.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["brain_mask", "channel_stats", "zscore_normalise", "flip", "rot90", "random_flip_rot90"]
+
+
+def brain_mask(image):
+    """Voxels where any channel is non-zero: the brain of a skull-stripped ``(C, X, Y, Z)`` image."""
+    image = np.asarray(image)
+    if image.ndim != 4:
+        raise ValueError(f"image must have shape (C, X, Y, Z), got shape {image.shape}")
+    return np.any(image != 0, axis=0)
+
+
+def channel_stats(image, mask=None):
+    """Per-channel mean and standard deviation inside ``mask``.
+
+    Args:
+        image: ``(C, X, Y, Z)``.
+        mask: Boolean ``(X, Y, Z)``. Defaults to None (:func:`brain_mask`).
+
+    Returns:
+        ``(mean, std)``, two float64 arrays of length C.
+    """
+    image = np.asarray(image)
+    mask = brain_mask(image) if mask is None else np.asarray(mask, dtype=bool)
+    if mask.shape != image.shape[1:]:
+        raise ValueError(f"mask shape {mask.shape} must equal the image's spatial shape {image.shape[1:]}")
+    n = int(mask.sum())
+    if n == 0:
+        raise ValueError("the mask is empty: no voxel to compute statistics from")
+    values = image[:, mask].astype(np.float64)  # (C, n)
+    return values.mean(axis=1), values.std(axis=1)
+
+
+def zscore_normalise(image, mask=None, mean=None, std=None, eps=1e-8):
+    """Z-score each channel inside the brain: ``(x - mean) / std``, 0 outside.
+
+    Args:
+        image: ``(C, X, Y, Z)``.
+        mask: Boolean ``(X, Y, Z)`` region for the statistics and the output.
+            Defaults to None (:func:`brain_mask`).
+        mean: Per-channel means to use instead of computing them (e.g. whole-volume
+            statistics stored in an HDF5 file, applied to a patch). Defaults to None.
+        std: Per-channel standard deviations, with ``mean``. Defaults to None.
+        eps: Added to ``std``. Defaults to 1e-8.
+
+    Returns:
+        float32 array of the image's shape; inside the mask each channel has mean 0 and
+        standard deviation 1 (when computed from this image).
+
+    Example:
+        >>> x = np.zeros((1, 4, 4, 4), np.float32); x[0, 1:3, 1:3, 1:3] = [[[1, 3]] * 2] * 2
+        >>> y = zscore_normalise(x); float(y[0][x[0] > 0].mean()), float(y[0][x[0] > 0].std())
+        (0.0, 1.0)
+    """
+    image = np.asarray(image)
+    mask = brain_mask(image) if mask is None else np.asarray(mask, dtype=bool)
+    if (mean is None) != (std is None):
+        raise ValueError("pass both mean and std, or neither")
+    if mean is None:
+        mean, std = channel_stats(image, mask)
+    mean = np.asarray(mean, dtype=np.float64)
+    std = np.asarray(std, dtype=np.float64)
+    if mean.shape != (image.shape[0],) or std.shape != (image.shape[0],):
+        raise ValueError(f"mean and std must have {image.shape[0]} entries (one per channel), got {mean.shape} and {std.shape}")
+    if mask.shape != image.shape[1:]:
+        raise ValueError(f"mask shape {mask.shape} must equal the image's spatial shape {image.shape[1:]}")
+    out = (image - mean[:, None, None, None].astype(np.float32)) / (std[:, None, None, None] + eps).astype(np.float32)
+    out[:, ~mask] = 0.0
+    return out.astype(np.float32, copy=False)
+
+
+def _check_pair(image, label):
+    image = np.asarray(image)
+    if image.ndim != 4:
+        raise ValueError(f"image must have shape (C, X, Y, Z), got shape {image.shape}")
+    if label is not None and np.shape(label) != image.shape[1:]:
+        raise ValueError(f"label shape {np.shape(label)} must equal the image's spatial shape {image.shape[1:]}")
+    return image
+
+
+def flip(image, label=None, axes=(0,)):
+    """Mirror image ``(C, X, Y, Z)`` and label ``(X, Y, Z)`` along spatial ``axes`` (0, 1, 2).
+
+    Returns contiguous copies ``(image, label)`` (PyTorch cannot wrap negative strides).
+    """
+    image = _check_pair(image, label)
+    axes = tuple(int(a) for a in axes)
+    if any(a not in (0, 1, 2) for a in axes):
+        raise ValueError(f"spatial axes must be in (0, 1, 2), got {axes}")
+    image = np.ascontiguousarray(np.flip(image, axis=tuple(a + 1 for a in axes)))
+    if label is not None:
+        label = np.ascontiguousarray(np.flip(label, axis=axes))
+    return image, label
+
+
+def rot90(image, label=None, k=1, axes=(0, 1)):
+    """Rotate image and label by ``k`` quarter turns in the plane of two spatial axes.
+
+    An odd ``k`` swaps the sizes of the two axes. Returns contiguous copies.
+    """
+    image = _check_pair(image, label)
+    axes = tuple(int(a) for a in axes)
+    if len(axes) != 2 or axes[0] == axes[1] or any(a not in (0, 1, 2) for a in axes):
+        raise ValueError(f"axes must be two different spatial axes in (0, 1, 2), got {axes}")
+    image = np.ascontiguousarray(np.rot90(image, k, axes=(axes[0] + 1, axes[1] + 1)))
+    if label is not None:
+        label = np.ascontiguousarray(np.rot90(label, k, axes=axes))
+    return image, label
+
+
+def random_flip_rot90(image, label=None, rng=None, flip_axes=(0, 1, 2), rot_axes=(0, 1)):
+    """Random flips (each axis with probability 1/2) and a random quarter-turn rotation.
+
+    The same transform moves the image and the label. A rotation is drawn only when
+    the two ``rot_axes`` have the same size, so the output shape always equals the input
+    shape (set ``rot_axes=None`` to disable rotations).
+
+    Args:
+        image: ``(C, X, Y, Z)``.
+        label: ``(X, Y, Z)`` or None. Defaults to None.
+        rng: Generator or seed. Defaults to None.
+        flip_axes: Spatial axes that may be mirrored. Defaults to all three.
+        rot_axes: The rotation plane. Defaults to ``(0, 1)`` (axial for RAS volumes).
+
+    Returns:
+        ``(image, label)`` as contiguous arrays.
+    """
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    image = _check_pair(image, label)
+    axes = [a for a in flip_axes if rng.random() < 0.5]
+    if axes:
+        image, label = flip(image, label, axes)
+    if rot_axes is not None and image.shape[rot_axes[0] + 1] == image.shape[rot_axes[1] + 1]:
+        k = int(rng.integers(4))
+        if k:
+            image, label = rot90(image, label, k, rot_axes)
+    return np.ascontiguousarray(image), None if label is None else np.ascontiguousarray(label)
