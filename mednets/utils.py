@@ -104,10 +104,8 @@ def nearest_valid_sizes(size: int, divisor: int) -> tuple[int, int]:
         (96, 128)
     """
     lower = max(divisor, (size // divisor) * divisor)
-    upper = -(-size // divisor) * divisor
-    if upper == lower and size % divisor:
-        upper += divisor
-    return lower, max(upper, lower)
+    upper = max(divisor, -(-size // divisor) * divisor)
+    return lower, upper
 
 
 def check_divisible(spatial_shape: Sequence, divisor: int, what: str = "input") -> None:

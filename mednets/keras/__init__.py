@@ -9,12 +9,39 @@ imported on demand.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silence what C++ libraries write to file descriptor 2 (TensorFlow's start-up
+    lines about missing CUDA drivers ignore ``TF_CPP_MIN_LOG_LEVEL``). Python errors
+    raised inside still propagate, and are printed after the descriptor is restored."""
+    fd = 2  # the C-level stderr, whatever Python's sys.stderr is (e.g. in Jupyter)
+    try:
+        saved = os.dup(fd)
+    except OSError:  # pragma: no cover - no usable descriptor: do nothing
+        yield
+        return
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+with _quiet_native_stderr():
+    import keras
+    import tensorflow as tf
+
+    tf.config.list_physical_devices()  # CUDA probing happens here, quietly
+
 import numpy as np  # noqa: E402
 
 __all__ = ["count_params"]
