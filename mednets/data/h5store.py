@@ -83,9 +83,11 @@ def _item_from(subject, modalities):
 def _subject_id(subject):
     if isinstance(subject, Subject):
         return subject.id
-    if isinstance(subject, tuple):
+    if isinstance(subject, tuple) and len(subject) == 3:
         return str(subject[0])
-    return Path(subject).name
+    if isinstance(subject, (str, os.PathLike)):
+        return Path(subject).name
+    raise ValueError(f"expected a Subject, a directory or an (id, image, label) tuple, got {type(subject).__name__}")
 
 
 def _write_subject(group, image, label, meta, crop_foreground, margin, chunks, compression, level, seed):

@@ -1,0 +1,85 @@
+"""Tests for mednets.data.transforms: z-score in the brain, joint flips and rotations."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from mednets.data.phantoms import make_phantom
+from mednets.data.transforms import brain_mask, channel_stats, flip, random_flip_rot90, rot90, zscore_normalise
+
+
+def test_zscore_inside_brain():
+    image, _ = make_phantom((32, 32, 32), seed=0)
+    mask = brain_mask(image)
+    out = zscore_normalise(image)
+    assert out.dtype == np.float32 and out.shape == image.shape
+    np.testing.assert_allclose(out[:, mask].mean(axis=1), 0.0, atol=1e-4)
+    np.testing.assert_allclose(out[:, mask].std(axis=1), 1.0, atol=1e-4)
+    assert np.all(out[:, ~mask] == 0)
+    # Statistics computed on the whole volume, applied to a patch, give the same values.
+    mean, std = channel_stats(image)
+    patch = image[:, 8:20, 8:20, 8:20]
+    np.testing.assert_allclose(zscore_normalise(patch, mean=mean, std=std), out[:, 8:20, 8:20, 8:20], atol=1e-5)
+
+
+def test_zscore_errors():
+    image = np.zeros((2, 4, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="mask is empty"):
+        zscore_normalise(image)
+    with pytest.raises(ValueError, match=r"\(C, X, Y, Z\), got shape \(4, 4, 4\)"):
+        zscore_normalise(image[0])
+    with pytest.raises(ValueError, match=r"2 entries \(one per channel\), got \(3,\) and \(3,\)"):
+        zscore_normalise(image + 1, mean=np.zeros(3), std=np.ones(3))
+    with pytest.raises(ValueError, match="both mean and std"):
+        zscore_normalise(image + 1, mean=np.zeros(2))
+    with pytest.raises(ValueError, match=r"mask shape \(4, 4\) must equal .* \(4, 4, 4\)"):
+        zscore_normalise(image + 1, mask=np.ones((4, 4), bool))
+
+
+def _pair(shape=(6, 6, 5)):
+    label = np.random.default_rng(0).integers(0, 5, size=shape).astype(np.uint8)
+    image = np.stack([label * 10.0, label * -1.0]).astype(np.float32)  # channels encode the label
+    return image, label
+
+
+@pytest.mark.parametrize("axes", [(0,), (1,), (2,), (0, 2), (0, 1, 2)], ids=str)
+def test_flip_moves_image_and_label_together(axes):
+    image, label = _pair()
+    fi, fl = flip(image, label, axes)
+    np.testing.assert_array_equal(fi[0], fl * 10.0)
+    np.testing.assert_array_equal(fl, np.flip(label, axes))
+    assert fi.flags.c_contiguous and fl.flags.c_contiguous
+    np.testing.assert_array_equal(flip(fi, fl, axes)[1], label)  # a flip is its own inverse
+
+
+@pytest.mark.parametrize("k,axes", list(itertools.product([1, 2, 3], [(0, 1), (1, 2), (0, 2)])), ids=str)
+def test_rot90_moves_image_and_label_together(k, axes):
+    image, label = _pair((6, 6, 6))
+    ri, rl = rot90(image, label, k, axes)
+    np.testing.assert_array_equal(ri[1], rl * -1.0)
+    np.testing.assert_array_equal(rl, np.rot90(label, k, axes))
+    np.testing.assert_array_equal(rot90(ri, rl, 4 - k, axes)[1], label)
+
+
+def test_random_flip_rot90_keeps_shape_and_pairing():
+    image, label = _pair((6, 6, 5))
+    seen = set()
+    for seed in range(20):
+        ri, rl = random_flip_rot90(image, label, rng=seed)
+        assert ri.shape == image.shape and rl.shape == label.shape
+        np.testing.assert_array_equal(ri[0], rl * 10.0)
+        seen.add(rl.tobytes())
+    assert len(seen) > 5, "augmentations should vary with the seed"
+    # Same seed, same result.
+    np.testing.assert_array_equal(random_flip_rot90(image, label, rng=7)[1], random_flip_rot90(image, label, rng=7)[1])
+
+
+def test_transform_errors():
+    image, label = _pair()
+    with pytest.raises(ValueError, match=r"spatial axes must be in \(0, 1, 2\), got \(3,\)"):
+        flip(image, label, (3,))
+    with pytest.raises(ValueError, match=r"two different spatial axes .* got \(1, 1\)"):
+        rot90(image, label, 1, (1, 1))
+    with pytest.raises(ValueError, match=r"label shape \(6, 6\) must equal the image's spatial shape \(6, 6, 5\)"):
+        flip(image, label[..., 0])
