@@ -8,6 +8,15 @@ import torch
 from mednets.torch.train import fit, poly_lr, train_step
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """These models are tiny: one thread is faster than two fighting over shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _toy_problem(seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(64, 5, generator=g)
@@ -102,9 +111,11 @@ def test_train_step_lowers_loss_on_fixed_batch():
     model = torch.nn.Linear(5, 1)
     x, y = _toy_problem()[0]
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    before = float(torch.nn.functional.mse_loss(model(x), y))
+    with torch.no_grad():
+        before = float(torch.nn.functional.mse_loss(model(x), y))
     loss, parts = train_step(model, x, y, torch.nn.functional.mse_loss, opt)
-    after = float(torch.nn.functional.mse_loss(model(x), y))
+    with torch.no_grad():
+        after = float(torch.nn.functional.mse_loss(model(x), y))
     assert loss == pytest.approx(before)
     assert parts == {}
     assert after < before
@@ -119,6 +130,7 @@ def test_train_step_lowers_loss_on_fixed_batch():
     ],
     ids=["zero-epochs", "empty", "generator"],
 )
+
 def test_fit_bad_input(kwargs, match):
     model = torch.nn.Linear(5, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

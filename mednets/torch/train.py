@@ -145,7 +145,7 @@ def train_step(
         loss, parts = _split_loss(loss_fn(output, y))
     loss = loss.float()
     if not torch.isfinite(loss):
-        raise ValueError(f"train_step: expected a finite loss, got {float(loss)} (parts: {parts})")
+        raise ValueError(f"train_step: expected a finite loss, got {float(loss.detach())} (parts: {parts})")
     loss.backward()
     optimizer.step()
     return float(loss.detach()), parts
