@@ -44,7 +44,7 @@ def test_round_trip_is_exact(phantoms, tmp_path, compression):
         np.testing.assert_array_equal(got_label, label)
     with h5py.File(path) as f:
         ds = f["subjects/ph0/image"]
-        assert ds.chunks == (4, 32, 32, 28) and ds.compression == compression
+        assert ds.chunks == (4, 16, 16, 16) and ds.compression == compression
 
 
 def test_metadata_and_foreground(store_path, phantoms):

@@ -4,7 +4,7 @@ Usage::
 
     python -m mednets.data.convert ROOT OUT.h5 [--modalities flair t1 t1ce t2]
         [--crop-foreground] [--margin 2] [--compression lzf|gzip|none]
-        [--chunks 32 32 32] [--append | --overwrite] [--quiet]
+        [--chunks 16 16 16] [--append | --overwrite] [--quiet]
 
 ROOT may use the BraTS 2018-2020 or 2021-2023 layout (see
 :func:`mednets.data.brats.find_brats_subjects`).
@@ -35,8 +35,8 @@ def build_parser():
     parser.add_argument("--crop-foreground", action="store_true", help="crop each subject to its brain bounding box")
     parser.add_argument("--margin", type=int, default=2, help="voxels kept around the foreground (default: 2)")
     parser.add_argument("--compression", choices=["lzf", "gzip", "none"], default="lzf", help="default: lzf")
-    parser.add_argument("--chunks", type=int, nargs=3, default=[32, 32, 32], metavar=("X", "Y", "Z"),
-                        help="spatial chunk shape (default: 32 32 32)")
+    parser.add_argument("--chunks", type=int, nargs=3, default=[16, 16, 16], metavar=("X", "Y", "Z"),
+                        help="spatial chunk shape (default: 16 16 16)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--append", action="store_true", help="add to an existing store, skipping subjects already in it")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing store")
