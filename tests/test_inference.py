@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mednets.torch.inference import importance_map, sliding_window_inference, window_starts
+from mednets.data import brats_regions, make_phantom
+from mednets.torch.inference import importance_map, regions_to_label, sliding_window_inference, window_starts
 from mednets.torch.nvnet import NVNet
 
 
@@ -120,3 +121,19 @@ def test_model_changing_size_is_rejected():
     pool = torch.nn.Sequential(torch.nn.Conv3d(2, 3, 1), torch.nn.MaxPool3d(2))
     with pytest.raises(ValueError, match="keep the patch size"):
         sliding_window_inference(pool, torch.zeros(1, 2, 20, 20, 20), (16, 16, 16))
+
+
+def test_regions_to_label_inverts_brats_regions():
+    _, label = make_phantom((24, 24, 24), seed=3)
+    assert set(np.unique(label)) == {0, 1, 2, 4}
+    regions = brats_regions(label).astype(np.float32)
+    assert np.array_equal(regions_to_label(regions), label)
+    assert np.array_equal(regions_to_label(torch.from_numpy(regions), enhancing_label=3), np.where(label == 4, 3, label))
+
+
+def test_regions_to_label_enforces_nesting_and_checks_shape():
+    # ET without TC, TC without WT: both fall back to what the parents allow.
+    r = np.array([[0.9, 0.1], [0.2, 0.9], [0.9, 0.9]])
+    assert regions_to_label(r).tolist() == [2, 0]
+    with pytest.raises(ValueError, match=r"\(2, 5\)"):
+        regions_to_label(np.zeros((2, 5)))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-__all__ = ["sliding_window_inference", "window_starts", "importance_map"]
+__all__ = ["sliding_window_inference", "window_starts", "importance_map", "regions_to_label"]
 
 
 def window_starts(size: int, patch: int, step: int) -> list[int]:
@@ -185,3 +185,42 @@ def sliding_window_inference(
     out = out / norm
     out = out[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)]
     return out[0] if unbatched else out
+
+
+def regions_to_label(regions, threshold: float = 0.5, enhancing_label: int = 4) -> np.ndarray:
+    """Turn nested region maps (WT, TC, ET) into a BraTS label map.
+
+    The three sigmoid channels overlap by design (ET inside TC inside WT). A voxel gets
+    the deepest region it belongs to, keeping the nesting even where the network broke
+    it: ET counts only inside TC and WT, TC only inside WT.
+
+    Args:
+        regions: Probabilities or masks ``(3, *S)`` in the order (WT, TC, ET), a tensor
+            or an array.
+        threshold: Probability above which a voxel is in a region. Defaults to 0.5.
+        enhancing_label: Label of the enhancing tumour: 4 (BraTS 2018) or 3 (2023).
+            Defaults to 4.
+
+    Returns:
+        uint8 ``(*S)``: 0 background, 2 oedema (WT only), 1 necrotic core (TC, not ET),
+        ``enhancing_label`` enhancing tumour.
+
+    Example:
+        >>> regions_to_label(np.array([[0.9, 0.9, 0.9, 0.1], [0.1, 0.8, 0.8, 0.9], [0.1, 0.1, 0.7, 0.9]])).tolist()
+        [2, 1, 4, 0]
+    """
+    if isinstance(regions, torch.Tensor):
+        regions = regions.detach().float().cpu().numpy()
+    regions = np.asarray(regions)
+    if regions.ndim < 2 or regions.shape[0] != 3:
+        raise ValueError(f"regions_to_label: expected (3, *spatial) in the order WT, TC, ET, got shape {regions.shape}")
+    if enhancing_label not in (3, 4):
+        raise ValueError(f"regions_to_label: enhancing_label must be 3 or 4, got {enhancing_label}")
+    wt = regions[0] > threshold
+    tc = wt & (regions[1] > threshold)
+    et = tc & (regions[2] > threshold)
+    label = np.zeros(regions.shape[1:], dtype=np.uint8)
+    label[wt] = 2
+    label[tc] = 1
+    label[et] = enhancing_label
+    return label
