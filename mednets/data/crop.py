@@ -115,7 +115,7 @@ def paste_patch(volume, patch, start):
         ValueError: If the patch does not fit at ``start`` or leading axes differ.
 
     Example:
-        >>> v = np.zeros((4, 4, 4)); paste_patch(v, np.ones((2, 2, 2)), (1, 1, 1)).sum()
+        >>> v = np.zeros((4, 4, 4)); float(paste_patch(v, np.ones((2, 2, 2)), (1, 1, 1)).sum())
         8.0
     """
     patch = np.asarray(patch)
