@@ -1,0 +1,206 @@
+"""Tests for mednets.keras.resnet34_unet: pinned counts, shapes, skips, weights, errors."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+import mednets.keras  # noqa: F401  (sets the Keras backend first)
+import keras
+from mednets.keras import count_params
+from mednets.keras.resnet34_unet import (
+    SKIP_NAMES,
+    extract_encoder,
+    freeze_encoder_layers,
+    load_encoder_weights,
+    resnet34_classifier,
+    resnet34_unet,
+    save_encoder_weights,
+)
+
+# Tiny widths for everything that runs a forward pass.
+TINY = dict(init_filters=4, decoder_filters=(16, 8, 8, 4, 4))
+
+
+@pytest.fixture(scope="module")
+def paper_2d():
+    """segmentation_models' Unet('resnet34') configuration, built once (no forward pass)."""
+    return resnet34_unet((None, None, 3))
+
+
+def test_paper_2d_counts_match_segmentation_models(paper_2d):
+    # segmentation_models.Unet("resnet34", input_shape=(H, W, 3), classes=1).summary()
+    assert count_params(paper_2d) == 24_456_154
+    assert count_params(paper_2d, trainable_only=True) == 24_438_804
+
+
+def test_paper_2d_layer_names_and_stem(paper_2d):
+    # The reference names of the skip points and the encoder output exist.
+    for name in (*SKIP_NAMES, "relu1", "conv0", "pooling0", "final_conv", "sigmoid"):
+        paper_2d.get_layer(name)
+    # bn_data has no learned scale: beta + moving mean + moving variance, 3 channels each.
+    assert count_params(paper_2d.get_layer("bn_data")) == 3 * 3
+    # The first unit of stage 1 has a projection shortcut (64 -> 64), as in the reference.
+    assert paper_2d.get_layer("stage1_unit1_sc").kernel.shape == (1, 1, 64, 64)
+    names = {layer.name for layer in paper_2d.layers}
+    assert "stage1_unit2_sc" not in names and "stage2_unit1_sc" in names
+
+
+def test_paper_3d_counts():
+    # Our own numbers (a regression pin): the same configuration in 3D, 4 input channels.
+    m3 = resnet34_unet((None, None, None, 4))
+    assert count_params(m3) == 73_006_397
+    assert count_params(m3, trainable_only=True) == 72_989_045
+
+
+SHAPE_CASES = [(d, b, 1 if b == "upsampling" else 3)
+               for d, b in itertools.product((2, 3), ("upsampling", "transpose"))]
+
+
+@pytest.mark.parametrize(
+    "dims,block,classes", SHAPE_CASES, ids=[f"{d}d-{b}-{c}cls" for d, b, c in SHAPE_CASES]
+)
+def test_output_shape_and_activation(dims, block, classes):
+    spatial = (64, 32) if dims == 2 else (32, 64, 32)
+    model = resnet34_unet((*spatial, 5), num_classes=classes, decoder_block=block, **TINY)
+    x = np.random.default_rng(0).normal(size=(2, *spatial, 5)).astype("float32")
+    y = np.asarray(model(x, training=False))
+    assert y.shape == (2, *spatial, classes)
+    if classes == 1:
+        assert model.layers[-1].name == "sigmoid"
+        assert ((y >= 0) & (y <= 1)).all() and 0 < y.mean() < 1
+    else:
+        np.testing.assert_allclose(y.sum(-1), 1.0, rtol=1e-5)
+
+
+SKIP_CASES = [
+    # (input spatial, anisotropic_levels, expected spatial at relu1 then each skip)
+    ((64, 96), 0, [(2, 3), (4, 6), (8, 12), (16, 24), (32, 48)]),
+    ((32, 64, 96), 0, [(1, 2, 3), (2, 4, 6), (4, 8, 12), (8, 16, 24), (16, 32, 48)]),
+    ((8, 64, 64), 2, [(1, 2, 2), (2, 4, 4), (4, 8, 8), (8, 16, 16), (8, 32, 32)]),
+    ((2, 64, 64), 4, [(1, 2, 2), (2, 4, 4), (2, 8, 8), (2, 16, 16), (2, 32, 32)]),
+]
+
+
+@pytest.mark.parametrize("spatial,aniso,expected", SKIP_CASES, ids=["2d", "3d", "3d-aniso2", "3d-aniso4"])
+def test_skip_shapes(spatial, aniso, expected):
+    model = resnet34_unet((*spatial, 2), anisotropic_levels=aniso, **TINY)
+    f = TINY["init_filters"]
+    channels = [8 * f, 4 * f, 2 * f, f, f]  # relu1, stage4, stage3, stage2 skips, relu0
+    for name, shape, c in zip(("relu1", *SKIP_NAMES), expected, channels):
+        assert tuple(model.get_layer(name).output.shape) == (None, *shape, c), name
+    assert tuple(model.output.shape) == (None, *spatial, 1)
+
+
+def test_anisotropic_kernels_are_in_plane():
+    model = resnet34_unet((8, 64, 64, 1), anisotropic_levels=2, **TINY)
+    assert model.get_layer("conv0").kernel.shape[:3] == (1, 7, 7)
+    assert model.get_layer("pooling0").pool_size == (1, 3, 3)
+    assert model.get_layer("stage1_unit1_conv1").kernel.shape[:3] == (1, 3, 3)
+    assert model.get_layer("stage2_unit1_conv1").kernel.shape[:3] == (3, 3, 3)
+    assert model.get_layer("stage2_unit1_conv1").strides == (2, 2, 2)
+    assert model.get_layer("decoder_stage4_upsampling").size == (1, 2, 2)
+    assert model.get_layer("decoder_stage2_upsampling").size == (2, 2, 2)
+
+
+def test_not_divisible_raises_with_nearest_sizes():
+    with pytest.raises(ValueError, match=r"100.*96 or 128"):
+        resnet34_unet((100, 128, 3), **TINY)
+    with pytest.raises(ValueError, match=r"divisible by 32"):
+        resnet34_unet((64, 64, 48, 1), **TINY)
+    # with two in-plane-only steps the depth needs only a multiple of 8
+    resnet34_unet((8, 64, 64, 1), anisotropic_levels=2, **TINY)
+    with pytest.raises(ValueError, match=r"depth.*12.*8 or 16"):
+        resnet34_unet((12, 64, 64, 1), anisotropic_levels=2, **TINY)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(decoder_block="bilinear"), "decoder_block must be one of"),
+        (dict(anisotropic_levels=1), "only to 3D"),
+        (dict(decoder_filters=(8, 8, 8)), "5 entries"),
+        (dict(num_classes=0), "num_classes must be >= 1"),
+    ],
+    ids=["block", "aniso-2d", "decoder-filters", "classes"],
+)
+def test_bad_arguments_raise(kwargs, match):
+    args = {**TINY, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        resnet34_unet((64, 64, 3), **args)
+
+
+def test_bad_rank_raises():
+    with pytest.raises(ValueError, match="rank"):
+        resnet34_unet((64, 3), **TINY)
+
+
+def test_encoder_weights_round_trip(tmp_path):
+    """Train a classifier briefly, save its encoder, load it into a fresh U-Net."""
+    shape = (32, 32, 2)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, *shape)).astype("float32")
+    y = rng.integers(0, 2, size=8)
+    keras.utils.set_random_seed(0)
+    clf = resnet34_classifier(shape, num_classes=2, init_filters=4)
+    # eager: one step, no graph tracing (fast in a test)
+    clf.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy",
+                run_eagerly=True)
+    clf.fit(x, y, epochs=1, batch_size=8, verbose=0)  # moves weights and BN statistics
+    path = tmp_path / "encoder.weights.h5"
+    save_encoder_weights(clf, str(path))
+
+    kw = dict(init_filters=4, decoder_filters=(8, 8, 8, 8, 8))
+    loaded = resnet34_unet(shape, encoder_weights=str(path), **kw)
+    fresh = resnet34_unet(shape, **kw)
+    xs = rng.normal(size=(2, *shape)).astype("float32")
+    want = np.asarray(extract_encoder(clf)(xs, training=False))
+    got = np.asarray(extract_encoder(loaded)(xs, training=False))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(np.asarray(extract_encoder(fresh)(xs, training=False)), want)
+
+    # U-Net -> U-Net works the same way
+    path2 = tmp_path / "unet_encoder.weights.h5"
+    save_encoder_weights(loaded, str(path2))
+    load_encoder_weights(fresh, str(path2))
+    got = np.asarray(extract_encoder(fresh)(xs, training=False))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_encoder_weights_mismatch_raises(tmp_path):
+    path = tmp_path / "wide.weights.h5"
+    wide = resnet34_classifier((32, 32, 2), init_filters=8)
+    save_encoder_weights(wide, str(path))
+    with pytest.raises(ValueError, match="could not load encoder weights"):
+        resnet34_unet((32, 32, 2), encoder_weights=str(path), **TINY)  # init_filters 4 != 8
+    with pytest.raises(ValueError, match=r"\.weights\.h5"):
+        save_encoder_weights(wide, str(tmp_path / "x.h5"))
+
+
+def test_freeze_encoder_trains_only_the_decoder():
+    model = resnet34_unet((32, 32, 1), freeze_encoder=True, **TINY)
+    encoder = extract_encoder(model)
+    enc_names = {layer.name for layer in encoder.layers}
+    decoder_trainable = sum(
+        count_params(layer, trainable_only=True) for layer in model.layers if layer.name not in enc_names
+    )
+    assert count_params(model, trainable_only=True) == decoder_trainable > 0
+    assert count_params(encoder, trainable_only=True) == 0
+    before = [w.copy() for w in encoder.get_weights()]
+    dec_before = model.get_layer("final_conv").get_weights()[0].copy()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="binary_crossentropy", run_eagerly=True)
+    x = np.random.default_rng(2).normal(size=(4, 32, 32, 1)).astype("float32")
+    model.fit(x, (x > 0).astype("float32"), epochs=1, batch_size=4, verbose=0)
+    for a, b in zip(before, encoder.get_weights()):
+        np.testing.assert_array_equal(a, b)  # BN statistics included
+    assert not np.allclose(dec_before, model.get_layer("final_conv").get_weights()[0])
+    # unfreezing gives the encoder back to the optimiser
+    assert freeze_encoder_layers(model, trainable=True) > 0
+    assert count_params(model, trainable_only=True) > decoder_trainable
+
+
+def test_extract_encoder_needs_relu1():
+    inp = keras.Input((8, 8, 1))
+    other = keras.Model(inp, keras.layers.Conv2D(1, 1, name="c")(inp))
+    with pytest.raises(ValueError, match="relu1"):
+        extract_encoder(other)
