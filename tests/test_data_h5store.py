@@ -1,6 +1,7 @@
 """Tests for the HDF5 store: exact round trip, chunked patch reads, atomic writes, CLI."""
 
 import io
+import os
 import pickle
 
 import h5py
@@ -42,6 +43,9 @@ def test_round_trip_is_exact(phantoms, tmp_path, compression):
         assert got_image.dtype == np.float32 and got_label.dtype == np.uint8
         np.testing.assert_array_equal(got_image, image)
         np.testing.assert_array_equal(got_label, label)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not the 0600 of a temporary file
     with h5py.File(path) as f:
         ds = f["subjects/ph0/image"]
         assert ds.chunks == (4, 16, 16, 16) and ds.compression == compression

@@ -130,6 +130,13 @@ def _write_subject(group, image, label, meta, crop_foreground, margin, chunks, c
     attrs["disk_dtypes"] = json.dumps(meta["disk_dtypes"])
 
 
+def _default_permissions(path):
+    """Give a mkstemp file (mode 0600) the permissions a plain ``open`` would have."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def convert_to_h5(
     subjects,
     path,
@@ -238,6 +245,7 @@ def convert_to_h5(
                 written.append(sid)
             bar.close()
             n_subjects = len(group)
+        _default_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -117,6 +117,9 @@ def download_file(url, dest, sha256, *, opener=None, timeout=60):
                 out.write(block)
         if digest.hexdigest() != sha256:
             raise ValueError(f"SHA-256 mismatch for {url}: expected {sha256}, got {digest.hexdigest()}")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp files are private (0600)
         os.replace(tmp, dest)
     except BaseException:
         if os.path.exists(tmp):
