@@ -54,7 +54,7 @@ from mednets.data.samples import SampleNotAvailable  # noqa: E402
 SHAPE = (6, 7, 5)
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 OLD = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair"}  # BraTS 2018-2020 suffixes
-NEW = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}  # BraTS 2021-2023 suffixes
+NEW = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}  # BraTS 2023 suffixes
 
 
 def _write_subject(directory, sid, suffixes, sep, ext=".nii.gz", seg=True, dtypes=None, seed=0):
@@ -72,12 +72,16 @@ def _write_subject(directory, sid, suffixes, sep, ext=".nii.gz", seg=True, dtype
     return truth
 
 
-@pytest.mark.parametrize("layout", ["brats2018", "brats2023"])
+@pytest.mark.parametrize("layout", ["brats2018", "brats2021", "brats2023"])
 def test_find_subjects_both_layouts(tmp_path, layout):
     if layout == "brats2018":
         _write_subject(tmp_path / "HGG" / "Brats18_B_1", "Brats18_B_1", OLD, "_", ext=".nii")
         _write_subject(tmp_path / "LGG" / "Brats18_A_2", "Brats18_A_2", OLD, "_")
         expected = ["Brats18_A_2", "Brats18_B_1"]
+    elif layout == "brats2021":
+        _write_subject(tmp_path / "BraTS2021_00002", "BraTS2021_00002", OLD, "_")
+        _write_subject(tmp_path / "BraTS2021_00000", "BraTS2021_00000", OLD, "_")
+        expected = ["BraTS2021_00000", "BraTS2021_00002"]
     else:
         _write_subject(tmp_path / "BraTS-GLI-00002-000", "BraTS-GLI-00002-000", NEW, "-")
         _write_subject(tmp_path / "BraTS-GLI-00001-000", "BraTS-GLI-00001-000", NEW, "-", seg=False)

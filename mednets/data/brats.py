@@ -35,7 +35,7 @@ MODALITIES = ("t1", "t1ce", "t2", "flair")
 DEFAULT_MODALITIES = ("flair", "t1", "t1ce", "t2")
 
 #: File-name suffixes of the BraTS releases, mapped to the book's vocabulary
-#: (BraTS 2018-2020: t1, t1ce, t2, flair; BraTS 2021-2023: t1n, t1c, t2w, t2f).
+#: (BraTS 2018-2021: t1, t1ce, t2, flair; BraTS 2023: t1n, t1c, t2w, t2f).
 MODALITY_ALIASES = {
     "t1": "t1",
     "t1n": "t1",
@@ -153,7 +153,7 @@ def subject_from_dir(directory, modalities=MODALITIES, subject_id=None) -> Subje
     """Build a :class:`Subject` from one directory of NIfTI files.
 
     File names may be ``<id>_<modality>.nii[.gz]`` (BraTS 2018-2020),
-    ``<id>-<modality>.nii.gz`` (BraTS 2021-2023) or just ``<modality>.nii.gz``; the
+    ``<id>-<modality>.nii.gz`` (BraTS 2023) or just ``<modality>.nii.gz``; the
     modality suffix may use either release's vocabulary (see :data:`MODALITY_ALIASES`).
 
     Args:
@@ -217,7 +217,8 @@ def find_brats_subjects(root, modalities=MODALITIES):
     Understands both public layouts:
 
     - BraTS 2018-2020: ``ROOT/[HGG|LGG/]<id>/<id>_{t1,t1ce,t2,flair,seg}.nii[.gz]``
-    - BraTS 2021-2023: ``ROOT/<id>/<id>-{t1n,t1c,t2w,t2f,seg}.nii.gz``
+      (BraTS 2021 kept this naming, without the HGG/LGG folders);
+    - BraTS 2023: ``ROOT/<id>/<id>-{t1n,t1c,t2w,t2f,seg}.nii.gz``.
 
     A directory is a subject if it directly holds NIfTI files named after it; otherwise
     its sub-directories are searched (one level, for ``HGG``/``LGG``). Files directly
@@ -253,7 +254,7 @@ def find_brats_subjects(root, modalities=MODALITIES):
         raise ValueError(
             f"no BraTS subjects found under {root}; expected ROOT/<id>/<id>_<modality>.nii[.gz] "
             "(BraTS 2018-2020, optionally inside HGG/ and LGG/) or ROOT/<id>/<id>-<modality>.nii.gz "
-            "(BraTS 2021-2023)"
+            "(BraTS 2023)"
         )
     subjects.sort(key=lambda s: s.id)
     ids = [s.id for s in subjects]

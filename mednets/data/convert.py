@@ -6,7 +6,7 @@ Usage::
         [--crop-foreground] [--margin 2] [--compression lzf|gzip|none]
         [--chunks 16 16 16] [--append | --overwrite] [--quiet]
 
-ROOT may use the BraTS 2018-2020 or 2021-2023 layout (see
+ROOT may use the BraTS 2018-2021 or 2023 layout (see
 :func:`mednets.data.brats.find_brats_subjects`).
 """
 
@@ -28,7 +28,7 @@ def build_parser():
         prog="python -m mednets.data.convert",
         description="Convert a BraTS data set (NIfTI) into one chunked HDF5 store for fast patch reads.",
     )
-    parser.add_argument("root", help="data set directory (BraTS 2018-2020 or 2021-2023 layout)")
+    parser.add_argument("root", help="data set directory (BraTS 2018-2021 or 2023 layout)")
     parser.add_argument("out", help="output .h5 file (written atomically)")
     parser.add_argument("--modalities", nargs="+", default=list(DEFAULT_MODALITIES),
                         help="channel order (default: %(default)s); BraTS 2023 names t1n, t1c, t2w, t2f also work")
