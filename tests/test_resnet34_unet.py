@@ -11,6 +11,7 @@ from mednets.keras import count_params
 from mednets.keras.resnet34_unet import (
     SKIP_NAMES,
     extract_encoder,
+    fit_timed,
     freeze_encoder_layers,
     load_encoder_weights,
     resnet34_classifier,
@@ -204,3 +205,15 @@ def test_extract_encoder_needs_relu1():
     other = keras.Model(inp, keras.layers.Conv2D(1, 1, name="c")(inp))
     with pytest.raises(ValueError, match="relu1"):
         extract_encoder(other)
+
+
+def test_fit_timed_history_and_times():
+    model = resnet34_unet((32, 32, 1), **TINY)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="binary_crossentropy", run_eagerly=True)
+    x = np.random.default_rng(3).normal(size=(4, 32, 32, 1)).astype("float32")
+    y = (x > 0).astype("float32")
+    out = fit_timed(model, x, y, epochs=2, batch_size=4, validation_data=(x, y), progress=False)
+    assert len(out["history"]["loss"]) == 2 and len(out["history"]["val_loss"]) == 2
+    assert out["first_epoch_s"] > 0 and out["epoch_s"] > 0
+    with pytest.raises(ValueError, match="epochs must be >= 2"):
+        fit_timed(model, x, y, epochs=1)
