@@ -51,6 +51,7 @@ from torch.utils.checkpoint import checkpoint
 from mednets.torch.core import ADAPTIVE_AVG_POOL, BATCHNORM, CONV, MAXPOOL, check_spatial_dims
 
 __all__ = [
+    "ResidualBlock3d",
     "BasicBlock3d",
     "Bottleneck3d",
     "ResNet3d",
@@ -88,8 +89,15 @@ def _check_strides(spatial_stride: int, temporal_stride: int, spatial_dims: int)
         raise ValueError(f"temporal_stride must be 1 in 2D (there is no depth axis), got {temporal_stride}")
 
 
-class _ResidualBlock(nn.Module):
-    """Shared forward pass: ``relu(branch(x) + shortcut(x))``, optionally checkpointed."""
+class ResidualBlock3d(nn.Module):
+    """Base of the residual blocks: ``relu(branch(x) + shortcut(x))``, optionally checkpointed.
+
+    Subclasses build ``conv*``/``bn*``, ``relu``, ``downsample`` (or None) and set
+    ``with_cp``, and define ``_branch(x)``, the residual branch up to its last batch norm.
+    With ``with_cp`` and gradients enabled, the branch and the shortcut run under
+    :func:`torch.utils.checkpoint.checkpoint`: only the block input is stored for the
+    backward pass, and the inside is recomputed then.
+    """
 
     expansion = 1
 
@@ -110,7 +118,7 @@ class _ResidualBlock(nn.Module):
         return self.relu(out)  # the activation comes after the addition
 
 
-class BasicBlock3d(_ResidualBlock):
+class BasicBlock3d(ResidualBlock3d):
     """The two-conv residual block of ResNet-18/34, in 3D (or 2D).
 
     Inflated, both convs are 3x3x3; otherwise 1x3x3 (in-plane only). The strides sit on
@@ -181,7 +189,7 @@ class BasicBlock3d(_ResidualBlock):
         return self.bn2(self.conv2(out))
 
 
-class Bottleneck3d(_ResidualBlock):
+class Bottleneck3d(ResidualBlock3d):
     """The 1-3-1 bottleneck block of ResNet-50/101/152, in 3D (or 2D).
 
     The middle conv carries the strides (the "pytorch" style, as in torchvision).
