@@ -363,7 +363,8 @@ class ResNet3d(nn.Module):
     Shapes:
         ``(B, in_channels, D, H, W) -> (B, 8 * init_filters * e, D', H / 32, W / 32)``
         with ``e = 4`` for bottleneck depths (1 otherwise), or ``(B, num_classes)``.
-        Stage outputs are taken after each stage, before ``pool2``.
+        Stage outputs are taken after each stage; stage 1 before ``pool2``, as the
+        seed's printout shows it (mmaction2's own forward returns it after ``pool2``).
 
     Example:
         >>> model = ResNet3d(18, init_filters=8)
