@@ -81,6 +81,21 @@ def test_whole_network_inflation_property(name, depth, interior):
     assert err[0] > err[2] > err[4]  # ... and it fades with the distance from the edge
 
 
+def test_3x3x3_style_inflation_property():
+    """Style 3x3x3 inflates the bottleneck's middle conv instead of its first one."""
+    torch.manual_seed(0)
+    net2 = resnet2d(50, init_filters=4, num_classes=None)
+    net3 = resnet3d(50, init_filters=4, inflate_style="3x3x3", with_pool2=False)
+    _randomise_bn(net2, seed=1)
+    loaded, skipped = inflate_2d_weights(net3, net2.state_dict())
+    assert skipped == [] and net3.layer2[1].conv2.weight.shape[2] == 3
+    net2.eval(), net3.eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        err = _slice_errors(net3(_boring(x, 64)), net2(x))
+    assert max(err[24:40]) < 1e-4 and err[0] > 1e-2
+
+
 def test_report_lists_head_mismatch_and_missing_keys():
     torch.manual_seed(0)
     net2 = resnet2d(18, init_filters=4, num_classes=7)

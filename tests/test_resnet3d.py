@@ -70,6 +70,7 @@ def test_resnet2d_matches_torchvision_counts_and_keys(depth):
     assert "layer2.0.downsample.0.weight" in keys and "layer2.0.downsample.1.running_var" in keys
     assert ("layer1.0.downsample.0.weight" in keys) == (depth >= 50)  # basic blocks keep 64 channels
     assert ("layer1.0.conv3.weight" in keys) == (depth >= 50)
+    assert model.pool2 is None and model.conv1.kernel_size == (7, 7)  # depth settings dropped in 2D
 
 
 @pytest.mark.parametrize("depth", DEPTHS, ids=[f"resnet{d}" for d in DEPTHS])
