@@ -7,7 +7,7 @@ the held-out Dice of the three BraTS regions.
 
 Usage::
 
-    python benchmarks/bench_vae_ablation.py [--train 4] [--test 4] [--epochs 40] [--seeds 0 1 2]
+    python benchmarks/bench_vae_ablation.py [--train 4] [--test 4] [--epochs 40] [--lr 1e-3] [--seeds 0 1 2]
 
 Data: synthetic phantoms (``mednets.data.make_phantom_dataset``) of 48^3 voxels; each
 training subject contributes one 32^3 crop centred on its tumour, and held-out subjects
@@ -47,7 +47,7 @@ def make_data(n_train, n_test, volume=48, patch=32, seed=0):
     return x, y, images[n_train:], labels[n_train:]
 
 
-def train_once(x, y, vae, epochs, seed, init_filters=8, lr=3e-3, batch_size=2):
+def train_once(x, y, vae, epochs, seed, init_filters=8, lr=1e-3, batch_size=2):
     seed_everything(seed)
     patch = tuple(x.shape[2:])
     net = NVNet(in_channels=x.shape[1], out_channels=3, init_filters=init_filters, input_shape=patch, vae=vae)
@@ -74,6 +74,7 @@ def main(argv=None):
     parser.add_argument("--test", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -83,7 +84,7 @@ def main(argv=None):
     for seed in args.seeds:
         x, y, test_images, test_labels = make_data(args.train, args.test, seed=seed)
         for vae in (True, False):
-            net, hist = train_once(x, y, vae, args.epochs, seed)
+            net, hist = train_once(x, y, vae, args.epochs, seed, lr=args.lr)
             dice = evaluate(net, test_images, test_labels, tuple(x.shape[2:]))
             per_seed[vae].append(dice)
             rows.append((seed, "on" if vae else "off", hist["dice"][-1], *dice))
@@ -91,7 +92,7 @@ def main(argv=None):
                   f"held-out Dice WT/TC/ET {np.round(dice, 3).tolist()}", flush=True)
     print()
     print(f"{args.train} training subjects (one 32^3 tumour-centred crop each), {args.test} held-out 48^3 "
-          f"phantoms, {args.epochs} epochs, init_filters=8, Adam 3e-3 with poly decay, seeds {args.seeds}")
+          f"phantoms, {args.epochs} epochs, init_filters=8, Adam {args.lr:g} with poly decay, seeds {args.seeds}")
     print()
     print(markdown_table(rows, ["seed", "VAE", "final train Dice loss", *[f"held-out Dice {r}" for r in REGIONS]]))
     print()
