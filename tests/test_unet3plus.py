@@ -58,6 +58,9 @@ def test_default_layers_follow_official_code(paper_models):
     assert model.get_layer("unet3plus_seg").activation.__name__ == "sigmoid"
     assert model.get_layer("unet3plus_dec3_from_e1_maxpool").pool_size == (4, 4)
     assert model.get_layer("unet3plus_dec3_from_e5_up").size == 4
+    bns = [lay for lay in model.layers if isinstance(lay, tf.keras.layers.BatchNormalization)]
+    assert len(bns) == 10 + 4 * 6  # 2 per encoder stage, 6 per decoder stage
+    assert all(b.momentum == 0.9 and b.epsilon == 1e-5 for b in bns)  # PyTorch defaults
 
 
 # ---------------------------------------------------------------- shapes

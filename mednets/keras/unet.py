@@ -26,7 +26,15 @@ from mednets.keras.core import (
 )
 from mednets.utils import check_divisible
 
-__all__ = ["DOWN_PATTERNS", "conv_block", "down_layer", "encoder", "check_input_shape", "unet"]
+__all__ = [
+    "DOWN_PATTERNS",
+    "conv_block",
+    "down_layer",
+    "encoder",
+    "check_input_shape",
+    "set_batchnorm",
+    "unet",
+]
 
 #: The down-sampling patterns between encoder stages (the seed's four options).
 DOWN_PATTERNS = ("max", "avg", "conv", "normconv")
@@ -56,6 +64,32 @@ def _check_options(filters, norm, down):
         raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
     if down not in DOWN_PATTERNS:
         raise ValueError(f"down must be one of {DOWN_PATTERNS}, got {down!r}")
+
+
+def set_batchnorm(model, momentum=0.9, epsilon=1e-5):
+    """Set the momentum and epsilon of every ``BatchNormalization`` layer of ``model``.
+
+    Keras defaults to ``momentum=0.99, epsilon=1e-3``; PyTorch's ``BatchNorm`` (and so
+    the official UNet 3+ code) to ``momentum=0.1`` in its convention, i.e. ``0.9`` in
+    Keras's, and ``eps=1e-5``. With 0.99 the moving statistics need hundreds of steps
+    to forget their initial values, so a short CPU run predicts garbage in inference
+    mode although its training loss is low.
+
+    Args:
+        model: A Keras model (changed in place; call before training).
+        momentum: Keras-convention momentum. Defaults to 0.9.
+        epsilon: Defaults to 1e-5.
+
+    Returns:
+        The number of layers changed.
+    """
+    changed = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = float(momentum)
+            layer.epsilon = float(epsilon)
+            changed += 1
+    return changed
 
 
 def conv_block(x, filters, kernel_size=3, norm="batch", act="relu", use_bias=True,
@@ -156,7 +190,8 @@ def encoder(x, filters=(64, 128, 256, 512, 1024), kernel_size=3, norm="batch", a
 
 
 def unet(input_shape, num_classes=1, filters=(64, 128, 256, 512, 1024), kernel_size=3,
-         norm="batch", act="relu", use_bias=True, name="unet"):
+         norm="batch", act="relu", use_bias=True, bn_momentum=0.9, bn_epsilon=1e-5,
+         name="unet"):
     """A plain UNet, 2D or 3D (Ronneberger et al., 2015, https://arxiv.org/abs/1505.04597).
 
     Decoder stage ``i``: 2x2 stride-2 transposed conv to ``filters[i-1]`` channels,
@@ -172,6 +207,9 @@ def unet(input_shape, num_classes=1, filters=(64, 128, 256, 512, 1024), kernel_s
         norm: Defaults to "batch".
         act: Defaults to "relu".
         use_bias: Defaults to True.
+        bn_momentum: Batch-norm momentum (Keras convention). Defaults to 0.9 (PyTorch's
+            default); see :func:`set_batchnorm`.
+        bn_epsilon: Batch-norm epsilon. Defaults to 1e-5 (PyTorch's default).
         name: Model and layer-name prefix. Defaults to "unet".
 
     Returns:
@@ -198,4 +236,6 @@ def unet(input_shape, num_classes=1, filters=(64, 128, 256, 512, 1024), kernel_s
                        use_bias=use_bias, name=f"{name}_dec{i}")
     x = CONV[dims](num_classes, 1, name=f"{name}_head_conv")(x)
     x = layers.Activation("sigmoid" if num_classes == 1 else "softmax", name=f"{name}_head")(x)
-    return keras.Model(inputs, x, name=name)
+    model = keras.Model(inputs, x, name=name)
+    set_batchnorm(model, bn_momentum, bn_epsilon)
+    return model

@@ -26,7 +26,7 @@ import keras
 from keras import layers, ops
 
 from mednets.keras.core import CONV, GLOBAL_MAX_POOL, MAXPOOL, conv_norm_act, spatial_dims_of
-from mednets.keras.unet import _check_options, check_input_shape, encoder
+from mednets.keras.unet import _check_options, check_input_shape, encoder, set_batchnorm
 
 __all__ = [
     "LinearUpsampling",
@@ -275,11 +275,11 @@ def cgm_inference_model(model, threshold=0.5):
 def unet3plus(input_shape, num_classes=1, filters=(64, 128, 256, 512, 1024), skip_filters=None,
               kernel_size=3, norm="batch", act="relu", use_bias=True, residual=False,
               down="max", double_features=False, deep_supervision=False, cgm=False,
-              cgm_dropout=0.5, name="unet3plus"):
+              cgm_dropout=0.5, bn_momentum=0.9, bn_epsilon=1e-5, name="unet3plus"):
     """UNet 3+ (Huang et al., 2020, https://arxiv.org/abs/2004.08790), 2D or 3D.
 
     The defaults reproduce the authors' official PyTorch ``UNet_3Plus``: conv (with bias)
-    -> batch norm -> ReLU everywhere, max-pool down-sampling, bilinear up-sampling,
+    -> batch norm (PyTorch's momentum and epsilon) -> ReLU everywhere, max-pool down-sampling, bilinear up-sampling,
     64-channel branches fused to 320 channels, and a conv 3x3 head. With input
     ``(H, W, 3)`` and one class it has 26,971,777 trainable parameters (the paper's
     26.97 M).
@@ -302,6 +302,10 @@ def unet3plus(input_shape, num_classes=1, filters=(64, 128, 256, 512, 1024), ski
         deep_supervision: Add side outputs. Defaults to False.
         cgm: Add the classification-guided module. Defaults to False.
         cgm_dropout: Dropout rate in the CGM. Defaults to 0.5.
+        bn_momentum: Batch-norm momentum (Keras convention). Defaults to 0.9, PyTorch's
+            default and so the official code's (Keras's own is 0.99); see
+            :func:`mednets.keras.unet.set_batchnorm`.
+        bn_epsilon: Batch-norm epsilon. Defaults to 1e-5 (PyTorch's default).
         name: Model and layer-name prefix. Defaults to "unet3plus".
 
     Returns:
@@ -341,5 +345,8 @@ def unet3plus(input_shape, num_classes=1, filters=(64, 128, 256, 512, 1024), ski
     if cgm:
         outputs["cls"] = cgm_head(maps[f"e{depth}"], cgm_dropout, name=f"{name}_cls")
     if len(outputs) == 1:
-        return keras.Model(inputs, outputs["seg"], name=name)
-    return keras.Model(inputs, outputs, name=name)
+        model = keras.Model(inputs, outputs["seg"], name=name)
+    else:
+        model = keras.Model(inputs, outputs, name=name)
+    set_batchnorm(model, bn_momentum, bn_epsilon)
+    return model
