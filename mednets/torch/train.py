@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -210,7 +210,7 @@ def fit(
     """
     if int(epochs) != epochs or epochs < 1:
         raise ValueError(f"fit: expected epochs to be an integer >= 1, got {epochs!r}")
-    if iter(batches) is batches:
+    if isinstance(batches, Iterator):  # a generator would be empty after one epoch
         raise ValueError(
             "fit: expected a re-iterable of (x, y) batches (a list or a DataLoader), "
             f"got a one-shot iterator of type {type(batches).__name__}"
