@@ -8,6 +8,15 @@ from mednets.torch.inflate import SkippedKey, inflate_2d_weights, inflate_kernel
 from mednets.torch.resnet3d import i3d_resnet50, resnet2d, resnet3d
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors on a shared 2-core machine: one thread avoids oversubscription."""
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n_threads)
+
+
 def _boring(image_2d, depth):
     """(B, C, H, W) -> (B, C, depth, H, W): the same slice repeated along depth."""
     return image_2d.unsqueeze(2).expand(-1, -1, depth, -1, -1).contiguous()

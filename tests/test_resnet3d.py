@@ -24,6 +24,17 @@ from mednets.torch.resnet3d import (
 )
 
 DEPTHS = sorted(ARCH_SETTINGS)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors on a shared 2-core machine: one thread avoids oversubscription."""
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n_threads)
+
+
 BLOCKS = [BasicBlock3d, Bottleneck3d]
 
 # torchvision.models.resnetN(): parameter count and number of state_dict entries.
