@@ -17,7 +17,6 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-
 @pytest.mark.parametrize("fill", ["random", "empty", "full"])
 def test_dice_of_identical_masks_is_zero(fill):
     g = torch.Generator().manual_seed(0)
