@@ -17,6 +17,7 @@ from mednets.keras.resnet34_unet import (
     resnet34_classifier,
     resnet34_unet,
     save_encoder_weights,
+    set_bn_momentum,
 )
 
 # Tiny widths for everything that runs a forward pass.
@@ -217,3 +218,13 @@ def test_fit_timed_history_and_times():
     assert out["first_epoch_s"] > 0 and out["epoch_s"] > 0
     with pytest.raises(ValueError, match="epochs must be >= 2"):
         fit_timed(model, x, y, epochs=1)
+
+
+def test_set_bn_momentum_changes_every_batch_norm():
+    model = resnet34_unet((32, 32, 1), **TINY)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    # stem 2 + (2 per unit, 16 units) + final 1 + decoder 2 per block x 5
+    assert set_bn_momentum(model, 0.9) == len(bns) == 2 + 32 + 1 + 10
+    assert {layer.momentum for layer in bns} == {0.9}
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        set_bn_momentum(model, 1.0)
