@@ -322,6 +322,12 @@ def test_patch_dataset_train_and_test_come_from_disjoint_z_ranges():
     # no patch straddles the split: train patches span at most z in [0, 24)
     zscore = (np.arange(1, 49) - z.mean()) / z.std()
     assert xtr[:, 0].max() <= zscore[23] + 1e-5 and xte[:, 0].min() >= zscore[24] - 1e-5
+    # outside the brain (zeros in channel 0) no patch of either class is taken
+    image[:, :20] = 0
+    (xtr, ytr), (xte, yte) = patch_dataset(image, label, patch_size=8, step=1,
+                                           n_per_class=50, z_split=24, min_brain=0.7)
+    for x in (xtr, xte):
+        assert (x[:, 0] == 0).mean(axis=(1, 2, 3)).max() <= 0.3
     with pytest.raises(ValueError, match="label has no tumour voxels"):
         patch_dataset(image, np.zeros(shape, np.uint8), patch_size=8, step=1)
     with pytest.raises(ValueError, match="expected image"):

@@ -108,9 +108,11 @@ def patch_dataset(image, label, patch_size: int = 16, step: int = 2, n_per_class
     """Tumour against healthy-tissue patches, with train and test from disjoint z ranges.
 
     A patch covers ``patch_size * step`` voxels per axis, sampled every ``step`` voxels
-    (``step=2`` halves the resolution). It is "tumour" (1) when at least ``min_tumour``
-    of its voxels carry a tumour label, "healthy" (0) when none does and at least
-    ``min_brain`` of its voxels are brain (non-zero in channel 0). Train patches lie
+    (``step=2`` halves the resolution). Only patches with at least ``min_brain`` of
+    their voxels inside the brain (non-zero in channel 0) are used, so that neither
+    class can be recognised by the black background outside the head. A patch is
+    "tumour" (1) when at least ``min_tumour`` of its voxels carry a tumour label and
+    "healthy" (0) when none does. Train patches lie
     entirely below ``z_split`` and test patches entirely at or above it, so no voxel
     is shared. Channels are z-scored over the brain first.
 
@@ -124,7 +126,7 @@ def patch_dataset(image, label, patch_size: int = 16, step: int = 2, n_per_class
         z_split: z index that separates train (below) from test. Defaults to the
             middle of the tumour's z extent, so both sides see tumour.
         min_tumour: Minimum tumour fraction of a tumour patch. Defaults to 0.2.
-        min_brain: Minimum brain fraction of a healthy patch. Defaults to 0.7.
+        min_brain: Minimum brain fraction of every patch. Defaults to 0.7.
         seed: Seed of the NumPy generator. Defaults to 0.
 
     Returns:
@@ -175,10 +177,12 @@ def patch_dataset(image, label, patch_size: int = 16, step: int = 2, n_per_class
     for z_lo, z_hi in ((0, z_split), (z_split, image.shape[3])):
         pos, neg = [], []
         for corner in corners(z_lo, z_hi):
+            if window(brain, corner).mean() < min_brain:
+                continue
             t = window(tumour, corner).mean()
             if t >= min_tumour:
                 pos.append(corner)
-            elif t == 0 and window(brain, corner).mean() >= min_brain:
+            elif t == 0:
                 neg.append(corner)
         if not pos or not neg:
             raise ValueError(
