@@ -142,3 +142,17 @@ def test_bad_shapes_raise(fn):
 def test_ms_ssim_too_small_raises():
     with pytest.raises(ValueError, match=r">= 16, got \(8, 32\)"):
         ms_ssim(np.zeros((1, 8, 32, 1), "float32"), np.zeros((1, 8, 32, 1), "float32"))
+
+
+def test_foreground_only_zeroes_empty_samples():
+    from mednets.keras.losses import foreground_only
+
+    y = np.zeros((3, 32, 32, 1), "float32")
+    y[0, 4:12, 4:12] = 1.0
+    y[2, 20:30, 2:9] = 1.0
+    p = np.full_like(y, 0.3)
+    wrapped = foreground_only(hybrid_loss)(y, p).numpy()
+    plain = hybrid_loss(y, p).numpy()
+    assert wrapped[1] == 0.0 and plain[1] > 0.1  # the empty sample is ignored
+    np.testing.assert_allclose(wrapped[[0, 2]], plain[[0, 2]], rtol=1e-6)
+    assert foreground_only(hybrid_loss).__name__ == "foreground_only_hybrid_loss"

@@ -26,6 +26,7 @@ __all__ = [
     "ms_ssim",
     "ms_ssim_loss",
     "hybrid_loss",
+    "foreground_only",
 ]
 
 #: The five scale weights of Wang et al. (2003), also used by ``tf.image.ssim_multiscale``.
@@ -275,3 +276,33 @@ def hybrid_loss(y_true, y_pred, focal_kwargs=None, ms_ssim_kwargs=None, iou_kwar
         + ms_ssim_loss(y_true, y_pred, **(ms_ssim_kwargs or {}))
         + iou_loss(y_true, y_pred, **(iou_kwargs or {}))
     )
+
+
+def foreground_only(loss_fn):
+    """Wrap a per-sample loss so that samples with an empty target contribute 0.
+
+    This mimics training the segmentation only on samples that contain the target (as
+    foreground-oversampling patch samplers nearly do) while another head, such as the
+    UNet 3+ CGM, still sees every sample.
+
+    Args:
+        loss_fn: ``loss_fn(y_true, y_pred) -> (B,)``.
+
+    Returns:
+        A loss with the same signature and name ``"foreground_only_<name>"``.
+
+    Example:
+        >>> import numpy as np
+        >>> y = np.zeros((2, 32, 32, 1), "float32"); y[0, 4:9, 4:9] = 1
+        >>> loss = foreground_only(iou_loss)(y, np.full_like(y, 0.5))
+        >>> bool(loss[0] > 0), float(loss[1])
+        (True, 0.0)
+    """
+    def wrapped(y_true, y_pred):
+        y_true = ops.cast(y_true, "float32")
+        axes = tuple(range(1, len(y_true.shape)))
+        present = ops.cast(ops.max(y_true, axis=axes) > 0, "float32")  # (B,)
+        return loss_fn(y_true, y_pred) * present
+
+    wrapped.__name__ = f"foreground_only_{getattr(loss_fn, '__name__', 'loss')}"
+    return wrapped
