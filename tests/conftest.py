@@ -19,3 +19,18 @@ def _close_figures():
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test on one PyTorch thread, restoring the count afterwards.
+
+    The PyTorch tests use small tensors: on a 2-core machine shared with other work,
+    one thread is several times faster than two threads fighting for the cores.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

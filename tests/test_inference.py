@@ -11,13 +11,7 @@ from mednets.torch.inference import importance_map, regions_to_label, sliding_wi
 from mednets.torch.nvnet import NVNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These models are tiny: one thread is faster than two fighting over shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _conv_model(spatial_dims=3, seed=0):

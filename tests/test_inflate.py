@@ -8,13 +8,7 @@ from mednets.torch.inflate import SkippedKey, inflate_2d_weights, inflate_kernel
 from mednets.torch.resnet3d import i3d_resnet50, resnet2d, resnet3d
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors on a shared 2-core machine: one thread avoids oversubscription."""
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _boring(image_2d, depth):

@@ -26,13 +26,7 @@ from mednets.torch.resnet3d import (
 DEPTHS = sorted(ARCH_SETTINGS)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors on a shared 2-core machine: one thread avoids oversubscription."""
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 BLOCKS = [BasicBlock3d, Bottleneck3d]

@@ -8,13 +8,7 @@ import torch
 from mednets.torch.losses import NVNetLoss, kl_loss, l2_loss, nvnet_loss, soft_dice_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These models are tiny: one thread is faster than two fighting over shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("fill", ["random", "empty", "full"])
