@@ -563,6 +563,11 @@ def fit_timed(model: keras.Model, x, y, epochs: int, batch_size: int = 16,
     if epochs < 2:
         raise ValueError(f"epochs must be >= 2 (one to trace, one to time), got {epochs}")
     callbacks = list(fit_kwargs.pop("callbacks", []))
+    if model.optimizer is not None and not model.optimizer.built:
+        # Create the optimizer's slots and the metrics' variables eagerly: created inside
+        # the first traced step, they make TensorFlow trace it twice (twice the time).
+        model.optimizer.build(model.trainable_variables)
+        model.compute_metrics(x[:1], y[:1], model(x[:1], training=False))
     if progress:
         from tqdm.keras import TqdmCallback
 
