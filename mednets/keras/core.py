@@ -29,6 +29,7 @@ __all__ = [
     "norm_layer",
     "conv_norm_act",
     "model_cost",
+    "set_batchnorm",
 ]
 
 CONV = {2: layers.Conv2D, 3: layers.Conv3D}
@@ -176,3 +177,31 @@ def model_cost(model: keras.Model, dtype_bytes: int = 4) -> dict:
 
     return {"params": count_params(model), "macs": int(macs),
             "activation_bytes": int(act_elems * dtype_bytes)}
+
+
+def set_batchnorm(model, momentum: float = 0.9, epsilon: float | None = None) -> int:
+    """Set the momentum (and optionally epsilon) of every ``BatchNormalization`` layer.
+
+    Keras defaults to ``momentum=0.99, epsilon=1e-3``; PyTorch's ``BatchNorm`` (and so
+    much official research code) uses ``momentum=0.1`` in its convention, which is
+    ``0.9`` in Keras's, and ``eps=1e-5``. With 0.99 the moving statistics need hundreds
+    of steps to forget their initial values, so a short CPU run can predict garbage in
+    inference mode although its training loss is low. Call it before training;
+    parameter counts do not change.
+
+    Args:
+        model: A Keras model or layer, changed in place (nested layers included).
+        momentum: Keras-convention momentum in ``[0, 1)``. Defaults to 0.9.
+        epsilon: New epsilon, or None to keep each layer's own. Defaults to None.
+
+    Returns:
+        The number of batch-norm layers changed.
+    """
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    bns = [ly for ly in model._flatten_layers() if isinstance(ly, layers.BatchNormalization)]
+    for ly in bns:
+        ly.momentum = float(momentum)
+        if epsilon is not None:
+            ly.epsilon = float(epsilon)
+    return len(bns)

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 import keras
 from keras import layers
 
+from mednets.keras.core import set_batchnorm
 from mednets.keras.core import (
     CONV,
     CONV_TRANSPOSE,
@@ -599,9 +600,4 @@ def set_bn_momentum(model: keras.Model, momentum: float) -> int:
     Returns:
         The number of batch-norm layers changed.
     """
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-    bns = [layer for layer in model._flatten_layers() if isinstance(layer, layers.BatchNormalization)]
-    for layer in bns:
-        layer.momentum = float(momentum)
-    return len(bns)
+    return set_batchnorm(model, momentum)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from mednets.keras.core import set_batchnorm as _set_batchnorm
 from mednets.keras.core import (
     AVGPOOL,
     CONV,
@@ -67,29 +68,13 @@ def _check_options(filters, norm, down):
 
 
 def set_batchnorm(model, momentum=0.9, epsilon=1e-5):
-    """Set the momentum and epsilon of every ``BatchNormalization`` layer of ``model``.
-
-    Keras defaults to ``momentum=0.99, epsilon=1e-3``; PyTorch's ``BatchNorm`` (and so
-    the official UNet 3+ code) to ``momentum=0.1`` in its convention, i.e. ``0.9`` in
-    Keras's, and ``eps=1e-5``. With 0.99 the moving statistics need hundreds of steps
-    to forget their initial values, so a short CPU run predicts garbage in inference
-    mode although its training loss is low.
-
-    Args:
-        model: A Keras model (changed in place; call before training).
-        momentum: Keras-convention momentum. Defaults to 0.9.
-        epsilon: Defaults to 1e-5.
+    """PyTorch-style batch norm (``momentum=0.9`` in Keras's convention, ``eps=1e-5``),
+    as in the official UNet 3+ code; see :func:`mednets.keras.core.set_batchnorm`.
 
     Returns:
         The number of layers changed.
     """
-    changed = 0
-    for layer in model.layers:
-        if isinstance(layer, layers.BatchNormalization):
-            layer.momentum = float(momentum)
-            layer.epsilon = float(epsilon)
-            changed += 1
-    return changed
+    return _set_batchnorm(model, momentum, epsilon)
 
 
 def conv_block(x, filters, kernel_size=3, norm="batch", act="relu", use_bias=True,
