@@ -1,6 +1,6 @@
 # The two commands of the README's quick start:
 #   make book   build the book into _build/html (warnings are errors)
-#   make test   run the unit tests and every notebook through nbval
+#   make test   the linter, the unit tests, the docstring examples and every notebook (nbval)
 # Each installs what it needs into .venv on first use and skips that step afterwards.
 
 PYTHON ?= python3
@@ -14,7 +14,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export KERAS_BACKEND ?= tensorflow
 export MPLBACKEND ?= Agg
 
-.PHONY: book test unit nbval install clean
+.PHONY: book test lint unit nbval install clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +28,15 @@ install: $(STAMP)
 book: $(STAMP)
 	$(BIN)/jupyter-book build . --all --warningiserror --keep-going
 
-test: $(STAMP)
-	$(BIN)/python -m pytest tests notebooks $(NBVAL)
+test: $(STAMP) lint
+	$(BIN)/python -m pytest --doctest-modules mednets tests notebooks $(NBVAL)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest --doctest-modules mednets tests
 
 nbval: $(STAMP)
 	$(BIN)/python -m pytest $(NBVAL) $(NB)

@@ -77,8 +77,14 @@ def run(patch=64, n_h5=60, n_nifti=3, seed=0, workdir=None):
         im, lb, _ = load_subject(subject)
         return crop_patch(im, start, size), crop_patch(lb, start, size)
 
-    rows.append(("NIfTI .nii.gz, load all, then crop", *_time_reads(read_gz, starts[:n_nifti]),
-                 f"{_size(gz_files) / 2**20:.1f} MiB", "-"))
+    rows.append(
+        (
+            "NIfTI .nii.gz, load all, then crop",
+            *_time_reads(read_gz, starts[:n_nifti]),
+            f"{_size(gz_files) / 2**20:.1f} MiB",
+            "-",
+        )
+    )
 
     # 2. Uncompressed NIfTI (already RAS): nibabel's proxy reads only the slab it needs.
     nii_files = []
@@ -91,15 +97,22 @@ def run(patch=64, n_h5=60, n_nifti=3, seed=0, workdir=None):
         box = tuple(slice(s, s + n) for s, n in zip(start, size))
         return [np.asarray(p[box]) for p in proxies]
 
-    rows.append(("NIfTI .nii uncompressed, proxy slicing", *_time_reads(read_nii, starts[:n_h5]),
-                 f"{_size(nii_files) / 2**20:.1f} MiB", "-"))
+    rows.append(
+        (
+            "NIfTI .nii uncompressed, proxy slicing",
+            *_time_reads(read_nii, starts[:n_h5]),
+            f"{_size(nii_files) / 2**20:.1f} MiB",
+            "-",
+        )
+    )
 
     # 3. HDF5 stores with three codecs and two chunk shapes (conversion from arrays in memory).
     for compression, chunk in (("lzf", 16), ("lzf", 32), ("gzip", 16), (None, 16)):
         path = workdir / f"store_{compression}_{chunk}.h5"
         t0 = time.perf_counter()
-        convert_to_h5([(subject.id, image, label)], path, compression=compression, chunks=(chunk,) * 3,
-                      progress=False)
+        convert_to_h5(
+            [(subject.id, image, label)], path, compression=compression, chunks=(chunk,) * 3, progress=False
+        )
         convert_s = time.perf_counter() - t0
         store = H5Volumes(path)
         store.read_patch(subject.id, starts[0], size)  # open the file once
@@ -109,8 +122,14 @@ def run(patch=64, n_h5=60, n_nifti=3, seed=0, workdir=None):
 
         timing = _time_reads(read_h5, starts[:n_h5])
         store.close()
-        rows.append((f"HDF5 chunks {chunk}^3, {compression or 'uncompressed'}", *timing,
-                     f"{path.stat().st_size / 2**20:.1f} MiB", f"{convert_s:.1f} s"))
+        rows.append(
+            (
+                f"HDF5 chunks {chunk}^3, {compression or 'uncompressed'}",
+                *timing,
+                f"{path.stat().st_size / 2**20:.1f} MiB",
+                f"{convert_s:.1f} s",
+            )
+        )
     headers = ["method", "patches/s", "wall ms/patch", "CPU ms/patch", "size on disk", "conversion"]
     return rows, headers, source
 
@@ -125,8 +144,10 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="mednets-bench-") as workdir:
         rows, headers, source = run(args.patch, args.n_h5, args.n_nifti, args.seed, workdir)
     print(f"Random {args.patch}^3 patch reads (4 modalities + label) from the {source}")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs visible, {platform.python_implementation()} "
-          f"{platform.python_version()}, {platform.system()}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs visible, {platform.python_implementation()} "
+        f"{platform.python_version()}, {platform.system()}"
+    )
     print()
     print(markdown_table(rows, headers))
 

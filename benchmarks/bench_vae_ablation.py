@@ -40,8 +40,10 @@ def make_data(n_train, n_test, volume=48, patch=32, seed=0):
     """Normalised phantoms; tumour-centred training crops; whole held-out volumes."""
     images, labels = make_phantom_dataset(n_train + n_test, (volume,) * 3, seed=seed, empty_fraction=0.0)
     images = np.stack([zscore_normalise(im) for im in images])
-    crops = [random_crop(im, lab, (patch,) * 3, rng=i, foreground_fraction=1.0)
-             for i, (im, lab) in enumerate(zip(images[:n_train], labels[:n_train]))]
+    crops = [
+        random_crop(im, lab, (patch,) * 3, rng=i, foreground_fraction=1.0)
+        for i, (im, lab) in enumerate(zip(images[:n_train], labels[:n_train]))
+    ]
     x = torch.from_numpy(np.stack([c[0] for c in crops]))
     y = torch.from_numpy(np.stack([brats_regions(c[1]) for c in crops]).astype(np.float32))
     return x, y, images[n_train:], labels[n_train:]
@@ -51,8 +53,13 @@ def train_once(x, y, vae, epochs, seed, init_filters=8, lr=1e-3, batch_size=2):
     seed_everything(seed)
     patch = tuple(x.shape[2:])
     net = NVNet(in_channels=x.shape[1], out_channels=3, init_filters=init_filters, input_shape=patch, vae=vae)
-    batches = [(x[i:i + batch_size], (y[i:i + batch_size], x[i:i + batch_size]) if vae else y[i:i + batch_size])
-               for i in range(0, len(x), batch_size)]
+    batches = [
+        (
+            x[i : i + batch_size],
+            (y[i : i + batch_size], x[i : i + batch_size]) if vae else y[i : i + batch_size],
+        )
+        for i in range(0, len(x), batch_size)
+    ]
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-5)
     history = fit(net, batches, NVNetLoss(), opt, epochs, scheduler=poly_lr(opt, epochs), progress=False)
     return net, history
@@ -88,22 +95,35 @@ def main(argv=None):
             dice = evaluate(net, test_images, test_labels, tuple(x.shape[2:]))
             per_seed[vae].append(dice)
             rows.append((seed, "on" if vae else "off", hist["dice"][-1], *dice))
-            print(f"seed {seed} vae {'on' if vae else 'off'}: train Dice loss {hist['dice'][-1]:.3f}, "
-                  f"held-out Dice WT/TC/ET {np.round(dice, 3).tolist()}", flush=True)
+            print(
+                f"seed {seed} vae {'on' if vae else 'off'}: train Dice loss {hist['dice'][-1]:.3f}, "
+                f"held-out Dice WT/TC/ET {np.round(dice, 3).tolist()}",
+                flush=True,
+            )
     print()
-    print(f"{args.train} training subjects (one 32^3 tumour-centred crop each), {args.test} held-out 48^3 "
-          f"phantoms, {args.epochs} epochs, init_filters=8, Adam {args.lr:g} with poly decay, seeds {args.seeds}")
+    print(
+        f"{args.train} training subjects (one 32^3 tumour-centred crop each), {args.test} held-out 48^3 "
+        f"phantoms, {args.epochs} epochs, init_filters=8, Adam {args.lr:g} with poly decay, seeds {args.seeds}"
+    )
     print()
-    print(markdown_table(rows, ["seed", "VAE", "final train Dice loss", *[f"held-out Dice {r}" for r in REGIONS]]))
+    print(
+        markdown_table(
+            rows, ["seed", "VAE", "final train Dice loss", *[f"held-out Dice {r}" for r in REGIONS]]
+        )
+    )
     print()
     summary = []
     for vae in (True, False):
         arr = np.array(per_seed[vae])
-        summary.append(("on" if vae else "off", *[f"{m:.3f} ± {s:.3f}" for m, s in zip(arr.mean(0), arr.std(0))]))
+        summary.append(
+            ("on" if vae else "off", *[f"{m:.3f} ± {s:.3f}" for m, s in zip(arr.mean(0), arr.std(0))])
+        )
     print(markdown_table(summary, ["VAE", *[f"Dice {r} (mean ± sd over seeds)" for r in REGIONS]]))
     print()
-    print(f"{time.time() - start:.0f} s on {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} thread(s)")
+    print(
+        f"{time.time() - start:.0f} s on {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} thread(s)"
+    )
 
 
 if __name__ == "__main__":

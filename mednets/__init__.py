@@ -7,4 +7,4 @@ are imported only when you ask for them.
 
 __all__ = ["__version__"]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

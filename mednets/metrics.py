@@ -91,7 +91,9 @@ def hd95(pred, target, spacing=None) -> float:
     if spacing.size == 1:
         spacing = np.full(pred.ndim, spacing[0])
     if spacing.shape != (pred.ndim,):
-        raise ValueError(f"spacing must have {pred.ndim} entries (one per axis), got {spacing.shape[0]}: {tuple(spacing)}")
+        raise ValueError(
+            f"spacing must have {pred.ndim} entries (one per axis), got {spacing.shape[0]}: {tuple(spacing)}"
+        )
     if np.any(spacing <= 0):
         raise ValueError(f"spacing must be positive, got {tuple(spacing)}")
     has_pred, has_target = pred.any(), target.any()

@@ -57,36 +57,36 @@ def seed_everything(seed: int) -> None:
         keras.utils.set_random_seed(seed)
 
 
-def show_source(obj, *, display: bool = True) -> str:
+def show_source(obj) -> None:
     """Show the source code of a function, class or module of the package.
 
     In Jupyter (the book, Colab, a local notebook) it renders as highlighted Markdown;
     in a plain Python session it prints. It is how a chapter shows the package's code
-    without re-defining it.
+    without re-defining it. It returns nothing, so a notebook cell shows the listing
+    once (use :func:`inspect.getsource` for the text).
 
     Args:
         obj: A function, class, method or module.
-        display: Render it. Defaults to True. With False, only return the text.
 
-    Returns:
-        The source code as a string.
+    Example:
+        >>> show_source(check_spatial_dims)  # doctest: +ELLIPSIS
+        def check_spatial_dims(spatial_dims: int) -> int:
+        ...
     """
     source = textwrap.dedent(inspect.getsource(obj))
-    if display:
-        try:
-            from IPython import get_ipython
-            from IPython.display import Markdown
-            from IPython.display import display as ipy_display
-        except ImportError:  # pragma: no cover - IPython is not a hard dependency
-            print(source)
-        else:
-            if get_ipython() is not None:
-                where = inspect.getsourcefile(obj) or ""
-                rel = where.split("mednets" + os.sep, 1)[-1] if "mednets" in where else where
-                ipy_display(Markdown(f"`mednets/{rel}`\n```python\n{source}```"))
-            else:
-                print(source)
-    return source
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown
+        from IPython.display import display as ipy_display
+    except ImportError:  # pragma: no cover - IPython is not a hard dependency
+        print(source)
+        return
+    if get_ipython() is not None:
+        where = inspect.getsourcefile(obj) or ""
+        rel = where.split("mednets" + os.sep, 1)[-1] if "mednets" in where else where
+        ipy_display(Markdown(f"`mednets/{rel}`\n```python\n{source}```"))
+    else:
+        print(source)
 
 
 def check_spatial_dims(spatial_dims: int) -> int:
@@ -130,8 +130,7 @@ def check_divisible(spatial_shape: Sequence, divisor: int, what: str = "input") 
             bad.append(f"axis {axis}: {size} (nearest valid: {near})")
     if bad:
         raise ValueError(
-            f"{what} spatial shape {tuple(spatial_shape)} must be divisible by {divisor}; "
-            + "; ".join(bad)
+            f"{what} spatial shape {tuple(spatial_shape)} must be divisible by {divisor}; " + "; ".join(bad)
         )
 
 
@@ -164,8 +163,7 @@ def markdown_table(rows: Sequence[Sequence], headers: Sequence[str]) -> _Markdow
             return f"{float(v):.4g}"
         return str(v)
 
-    lines = ["| " + " | ".join(map(str, headers)) + " |",
-             "| " + " | ".join("---" for _ in headers) + " |"]
+    lines = ["| " + " | ".join(map(str, headers)) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
     for row in rows:
         if len(row) != len(headers):
             raise ValueError(f"row has {len(row)} cells, expected {len(headers)}: {row!r}")

@@ -37,9 +37,7 @@ def _as_volume(image, channel: int | None) -> np.ndarray:
             )
         image = image[c]
     if image.ndim != 3:
-        raise ValueError(
-            f"image must have shape (X, Y, Z) or (C, X, Y, Z), got shape {image.shape}"
-        )
+        raise ValueError(f"image must have shape (X, Y, Z) or (C, X, Y, Z), got shape {image.shape}")
     return image
 
 
@@ -89,9 +87,7 @@ def show_slices(
     if label is not None:
         lab = np.asarray(label)
         if lab.shape != vol.shape:
-            raise ValueError(
-                f"label shape {lab.shape} does not match image shape {vol.shape}"
-            )
+            raise ValueError(f"label shape {lab.shape} does not match image shape {vol.shape}")
     if index is None:
         if lab is not None and lab.any():
             index = tuple(int(round(c.mean())) for c in np.nonzero(lab))
@@ -102,7 +98,7 @@ def show_slices(
     i, j, k = index
 
     finite = vol[np.isfinite(vol)]
-    vmin, vmax = (np.percentile(finite, (0.5, 99.5)) if finite.size else (0.0, 1.0))
+    vmin, vmax = np.percentile(finite, (0.5, 99.5)) if finite.size else (0.0, 1.0)
     views = [
         ("sagittal", np.s_[i, :, :], f"x = {i}"),
         ("coronal", np.s_[:, j, :], f"y = {j}"),
@@ -110,16 +106,19 @@ def show_slices(
     ]
     values = [] if lab is None else [int(v) for v in np.unique(lab) if v != 0]
     if labels is None:
-        labels = (BRATS_LABELS if set(values) <= set(BRATS_LABELS) else
-                  {v: (f"label {v}", _FALLBACK_COLOURS[n % len(_FALLBACK_COLOURS)])
-                   for n, v in enumerate(values)})
+        labels = (
+            BRATS_LABELS
+            if set(values) <= set(BRATS_LABELS)
+            else {
+                v: (f"label {v}", _FALLBACK_COLOURS[n % len(_FALLBACK_COLOURS)]) for n, v in enumerate(values)
+            }
+        )
 
     fig, axes = plt.subplots(1, 3, figsize=figsize)
     for ax, (name, sl, where) in zip(axes, views):
         # Transpose so the second index runs vertically; origin="lower" puts
         # superior (or anterior) at the top.
-        ax.imshow(vol[sl].T, cmap=cmap, origin="lower", vmin=vmin, vmax=vmax,
-                  interpolation="nearest")
+        ax.imshow(vol[sl].T, cmap=cmap, origin="lower", vmin=vmin, vmax=vmax, interpolation="nearest")
         if lab is not None and values:
             overlay = np.zeros(lab[sl].shape + (4,))
             for v in values:
@@ -134,16 +133,26 @@ def show_slices(
         for v in values:
             name, colour = labels.get(v, (str(v), "#ff00ff"))
             seen.setdefault(name, colour)
-        fig.legend(handles=[Patch(color=c, label=n) for n, c in seen.items()],
-                   loc="lower center", ncol=len(seen), fontsize=8, frameon=False)
+        fig.legend(
+            handles=[Patch(color=c, label=n) for n, c in seen.items()],
+            loc="lower center",
+            ncol=len(seen),
+            fontsize=8,
+            frameon=False,
+        )
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.08 if values else 0, 1, 1))
     return fig
 
 
-def plot_history(history, *, keys: Sequence[str] | None = None, title: str | None = None,
-                 figsize: tuple[float, float] = (6, 3.2)):
+def plot_history(
+    history,
+    *,
+    keys: Sequence[str] | None = None,
+    title: str | None = None,
+    figsize: tuple[float, float] = (6, 3.2),
+):
     """Draw training curves from a Keras ``History`` or a dict of lists.
 
     Keys ``k`` and ``val_k`` share one axis, so training and validation curves of the
@@ -169,9 +178,12 @@ def plot_history(history, *, keys: Sequence[str] | None = None, title: str | Non
         if missing:
             raise ValueError(f"keys {missing} not in history; available: {names}")
         names = list(keys)
-    fig, axes = plt.subplots(1, len(names), figsize=(figsize[0] * min(len(names), 3) / 1.6
-                                                     if len(names) > 1 else figsize[0],
-                                                     figsize[1]), squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(names),
+        figsize=(figsize[0] * min(len(names), 3) / 1.6 if len(names) > 1 else figsize[0], figsize[1]),
+        squeeze=False,
+    )
     for ax, name in zip(axes[0], names):
         for key, style in ((name, "-"), (f"val_{name}", "--")):
             if key in hist:
@@ -187,8 +199,9 @@ def plot_history(history, *, keys: Sequence[str] | None = None, title: str | Non
     return fig
 
 
-def plot_confusion_matrix(cm, class_names: Sequence[str], *, title: str | None = None,
-                          figsize: tuple[float, float] = (3.4, 3)):
+def plot_confusion_matrix(
+    cm, class_names: Sequence[str], *, title: str | None = None, figsize: tuple[float, float] = (3.4, 3)
+):
     """Draw a confusion matrix (rows: true class, columns: predicted class).
 
     Args:
@@ -203,8 +216,7 @@ def plot_confusion_matrix(cm, class_names: Sequence[str], *, title: str | None =
     cm = np.asarray(cm)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] != len(class_names):
         raise ValueError(
-            f"cm must be square with one row per class ({len(class_names)}), "
-            f"got shape {cm.shape}"
+            f"cm must be square with one row per class ({len(class_names)}), got shape {cm.shape}"
         )
     fig, ax = plt.subplots(figsize=figsize)
     ax.imshow(cm, cmap=ListedColormap(plt.cm.Blues(np.linspace(0.05, 0.8, 256))))

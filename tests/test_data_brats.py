@@ -149,7 +149,9 @@ def test_load_subject_shapes_orientation_and_mixed_dtypes(tmp_path):
 def test_load_subject_shape_mismatch_names_files_and_shapes(tmp_path):
     _write_subject(tmp_path / "S1", "S1", OLD, "_")
     save_nifti(np.zeros((6, 7, 4), np.float32), LPS, tmp_path / "S1" / "S1_t2.nii.gz")
-    with pytest.raises(ValueError, match=r"S1_flair.nii.gz has shape \(6, 7, 5\) but .*S1_t2.nii.gz has shape \(6, 7, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"S1_flair.nii.gz has shape \(6, 7, 5\) but .*S1_t2.nii.gz has shape \(6, 7, 4\)"
+    ):
         load_subject(subject_from_dir(tmp_path / "S1"))
 
 
@@ -158,7 +160,10 @@ def test_load_subject_affine_mismatch_names_files_and_affines(tmp_path):
     shifted = LPS.copy()
     shifted[0, 3] = 5.0
     save_nifti(np.zeros(SHAPE, np.uint8), shifted, tmp_path / "S1" / "S1_seg.nii.gz")
-    with pytest.raises(ValueError, match=r"(?s)affine mismatch: .*S1_flair.nii.gz has affine.*-5\..*but .*S1_seg.nii.gz has affine"):
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)affine mismatch: .*S1_flair.nii.gz has affine.*-5\..*but .*S1_seg.nii.gz has affine",
+    ):
         load_subject(subject_from_dir(tmp_path / "S1"))
 
 
@@ -224,5 +229,3 @@ def test_real_sample_hemisphere_after_ras(real_sample):
     ras_centroid = np.argwhere(label > 0).mean(axis=0)
     world_ras = meta["affine"] @ np.append(ras_centroid, 1)
     np.testing.assert_allclose(world_disk, world_ras, atol=1e-6)
-
-

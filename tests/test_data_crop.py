@@ -5,7 +5,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mednets.data.crop import crop_or_pad, crop_patch, foreground_bbox, paste_patch, random_crop, sample_patch_start
+from mednets.data.crop import (
+    crop_or_pad,
+    crop_patch,
+    foreground_bbox,
+    paste_patch,
+    random_crop,
+    sample_patch_start,
+)
 
 
 @st.composite
@@ -83,7 +90,8 @@ def test_foreground_centred_patches_contain_foreground():
     assert hits == 50
     # Uniform patches rarely see this small tumour.
     uniform = sum(
-        crop_patch(label, sample_patch_start(label.shape, (16, 16, 16), rng), (16, 16, 16)).any() for _ in range(50)
+        crop_patch(label, sample_patch_start(label.shape, (16, 16, 16), rng), (16, 16, 16)).any()
+        for _ in range(50)
     )
     assert uniform < 25
 
@@ -113,25 +121,51 @@ def test_foreground_bbox():
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda: crop_patch(np.zeros((5, 5, 5)), (3, 0, 0), (3, 2, 2)),
-         r"start \(3, 0, 0\) with size \(3, 2, 2\) does not fit in volume of shape \(5, 5, 5\) \(axis 0"),
+        (
+            lambda: crop_patch(np.zeros((5, 5, 5)), (3, 0, 0), (3, 2, 2)),
+            r"start \(3, 0, 0\) with size \(3, 2, 2\) does not fit in volume of shape \(5, 5, 5\) \(axis 0",
+        ),
         (lambda: crop_patch(np.zeros((5, 5, 5)), (-1, 0, 0), (2, 2, 2)), r"axis 0: needs 0 <= start"),
-        (lambda: crop_patch(np.zeros((5, 5)), (0, 0, 0), (2, 2, 2)), r"at least 3 dimensions .* got shape \(5, 5\)"),
+        (
+            lambda: crop_patch(np.zeros((5, 5)), (0, 0, 0), (2, 2, 2)),
+            r"at least 3 dimensions .* got shape \(5, 5\)",
+        ),
         (lambda: crop_patch(np.zeros((5, 5, 5)), (0, 0), (2, 2, 2)), r"start must have 3 entries .* got 2"),
         (lambda: paste_patch(np.zeros((5, 5, 5)), np.ones((2, 2, 6)), (0, 0, 0)), r"axis 2: .* got 0 \+ 6"),
-        (lambda: paste_patch(np.zeros((2, 5, 5, 5)), np.ones((3, 2, 2, 2)), (0, 0, 0)),
-         r"leading axes \(3,\) must match the volume's \(2,\)"),
-        (lambda: crop_or_pad(np.zeros((3, 3, 3)), (0, 3, 3)), r"target shape must be >= 1 .* got \(0, 3, 3\)"),
-        (lambda: sample_patch_start((10, 10, 10), (11, 4, 4)),
-         r"patch size \(11, 4, 4\) must be between 1 and the volume shape \(10, 10, 10\)"),
-        (lambda: sample_patch_start((10, 10, 10), (4, 4, 4), foreground=np.zeros((5, 2))),
-         r"coordinates \(N, 3\) or a mask of shape \(10, 10, 10\), got shape \(5, 2\)"),
+        (
+            lambda: paste_patch(np.zeros((2, 5, 5, 5)), np.ones((3, 2, 2, 2)), (0, 0, 0)),
+            r"leading axes \(3,\) must match the volume's \(2,\)",
+        ),
+        (
+            lambda: crop_or_pad(np.zeros((3, 3, 3)), (0, 3, 3)),
+            r"target shape must be >= 1 .* got \(0, 3, 3\)",
+        ),
+        (
+            lambda: sample_patch_start((10, 10, 10), (11, 4, 4)),
+            r"patch size \(11, 4, 4\) must be between 1 and the volume shape \(10, 10, 10\)",
+        ),
+        (
+            lambda: sample_patch_start((10, 10, 10), (4, 4, 4), foreground=np.zeros((5, 2))),
+            r"coordinates \(N, 3\) or a mask of shape \(10, 10, 10\), got shape \(5, 2\)",
+        ),
         (lambda: sample_patch_start((10, 10, 10), (4, 4, 4), foreground_fraction=2), r"\[0, 1\], got 2"),
         (lambda: foreground_bbox(np.zeros((4, 4, 4))), r"shape \(4, 4, 4\) has no foreground voxel"),
         (lambda: foreground_bbox(np.zeros((4, 4))), r"3D \(X, Y, Z\), got shape \(4, 4\)"),
     ],
-    ids=["past-end", "negative", "2d", "start-len", "paste-outside", "paste-channels", "pad-zero",
-         "patch-too-big", "fg-shape", "fraction", "bbox-empty", "bbox-2d"],
+    ids=[
+        "past-end",
+        "negative",
+        "2d",
+        "start-len",
+        "paste-outside",
+        "paste-channels",
+        "pad-zero",
+        "patch-too-big",
+        "fg-shape",
+        "fraction",
+        "bbox-empty",
+        "bbox-2d",
+    ],
 )
 def test_errors_name_the_shapes(call, match):
     with pytest.raises(ValueError, match=match):

@@ -86,7 +86,10 @@ def test_read_patch_equals_numpy_slice(store_path, phantoms):
     image, label = store.read_patch("ph1", (5, 7, 3), (16, 20, 9))
     np.testing.assert_array_equal(image, phantoms[1][1][:, 5:21, 7:27, 3:12])
     np.testing.assert_array_equal(label, phantoms[1][2][5:21, 7:27, 3:12])
-    with pytest.raises(ValueError, match=r"start \(30, 0, 0\) with size \(16, 16, 16\) does not fit in volume of shape \(40, 36, 28\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"start \(30, 0, 0\) with size \(16, 16, 16\) does not fit in volume of shape \(40, 36, 28\)",
+    ):
         store.read_patch("ph1", (30, 0, 0), (16, 16, 16))
     with pytest.raises(KeyError, match="'nope' not in"):
         store.read("nope")
@@ -142,12 +145,18 @@ def test_append_skips_present_subjects(phantoms, tmp_path):
         convert_to_h5(phantoms, path, progress=False)
     modified = [(sid, image + 1, label) for sid, image, label in phantoms]
     summary = convert_to_h5(modified, path, append=True, progress=False)
-    assert summary["written"] == ["ph2"] and summary["skipped"] == ["ph0", "ph1"] and summary["n_subjects"] == 3
+    assert (
+        summary["written"] == ["ph2"] and summary["skipped"] == ["ph0", "ph1"] and summary["n_subjects"] == 3
+    )
     store = H5Volumes(path)
     np.testing.assert_array_equal(store.read("ph0")[0], phantoms[0][1])  # untouched
     np.testing.assert_array_equal(store.read("ph2")[0], phantoms[2][1] + 1)
-    with pytest.raises(ValueError, match=r"stores modalities \['flair', 't1', 't1ce', 't2'\], got \['t1', 't2'\]"):
-        convert_to_h5([("x", phantoms[0][1][:2], None)], path, modalities=("t1", "t2"), append=True, progress=False)
+    with pytest.raises(
+        ValueError, match=r"stores modalities \['flair', 't1', 't1ce', 't2'\], got \['t1', 't2'\]"
+    ):
+        convert_to_h5(
+            [("x", phantoms[0][1][:2], None)], path, modalities=("t1", "t2"), append=True, progress=False
+        )
     summary = convert_to_h5(phantoms[:1], path, overwrite=True, progress=False)
     assert H5Volumes(path).ids == ["ph0"]
 
@@ -165,7 +174,9 @@ def test_bad_subject_leaves_no_file(phantoms, tmp_path):
     good = _nifti_subject(tmp_path / "data" / "A", "A")
     bad = _nifti_subject(tmp_path / "data" / "B", "B", seg_shape=(8, 8, 7))
     out = tmp_path / "out" / "store.h5"
-    with pytest.raises(ValueError, match=r"B_flair.nii.gz has shape \(8, 8, 8\) but .*B_seg.nii.gz has shape \(8, 8, 7\)"):
+    with pytest.raises(
+        ValueError, match=r"B_flair.nii.gz has shape \(8, 8, 8\) but .*B_seg.nii.gz has shape \(8, 8, 7\)"
+    ):
         convert_to_h5([good, bad], out, progress=False)
     assert not out.exists()
     assert list(out.parent.iterdir()) == [], "temporary file left behind"
@@ -184,7 +195,9 @@ def test_convert_argument_errors(phantoms, tmp_path):
         convert_to_h5(phantoms, tmp_path / "d.h5", compression="zip", progress=False)
     with pytest.raises(ValueError, match=r"image has 4 channels but 2 modalities"):
         convert_to_h5(phantoms, tmp_path / "d.h5", modalities=("t1", "t2"), progress=False)
-    with pytest.raises(ValueError, match=r"expected a Subject, a directory or an \(id, image, label\) tuple, got int"):
+    with pytest.raises(
+        ValueError, match=r"expected a Subject, a directory or an \(id, image, label\) tuple, got int"
+    ):
         convert_to_h5([3], tmp_path / "d.h5", progress=False)
     assert not list(tmp_path.iterdir())
 
@@ -192,7 +205,9 @@ def test_convert_argument_errors(phantoms, tmp_path):
 def test_not_a_store(tmp_path):
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f.attrs["format"] = "something-else"
-    with pytest.raises(ValueError, match=r"not a mednets store: format 'something-else', expected 'mednets-h5-v1'"):
+    with pytest.raises(
+        ValueError, match=r"not a mednets store: format 'something-else', expected 'mednets-h5-v1'"
+    ):
         H5Volumes(tmp_path / "other.h5")
     with pytest.raises(FileNotFoundError, match="missing.h5"):
         H5Volumes(tmp_path / "missing.h5")
@@ -229,11 +244,15 @@ def test_random_patches(store_path):
     np.testing.assert_array_equal(patches.get(4)[0], patches.get(4)[0])  # reproducible
     patches.set_epoch(1)
     assert not np.array_equal(patches.get(4)[0], patches.get(4, epoch=0)[0])
-    regions = RandomPatches(store_path, (16, 16, 16), samples_per_epoch=3, target="regions", foreground_fraction=1.0)
+    regions = RandomPatches(
+        store_path, (16, 16, 16), samples_per_epoch=3, target="regions", foreground_fraction=1.0
+    )
     img, reg = regions[0]
     assert reg.shape == (3, 16, 16, 16) and reg.dtype == np.float32
     assert np.all(reg[2] <= reg[1]) and np.all(reg[1] <= reg[0])  # ET inside TC inside WT
-    with pytest.raises(ValueError, match=r"patch size \(64, 16, 16\) is larger than subject 'ph0' of shape \(40, 36, 28\)"):
+    with pytest.raises(
+        ValueError, match=r"patch size \(64, 16, 16\) is larger than subject 'ph0' of shape \(40, 36, 28\)"
+    ):
         RandomPatches(store_path, (64, 16, 16))
     with pytest.raises(ValueError, match="target must be 'classes' or 'regions', got 'onehot'"):
         RandomPatches(store_path, (8, 8, 8), target="onehot")

@@ -52,12 +52,18 @@ def test_tf_dataset_channels_last_matches_torch(store_path):
 
     ds = h5_patch_dataset(store_path, patch_size=(16, 16, 12), batch_size=2, samples_per_epoch=5, seed=3)
     batches = list(ds)
-    assert [tuple(b[0].shape) for b in batches] == [(2, 16, 16, 12, 4), (2, 16, 16, 12, 4), (1, 16, 16, 12, 4)]
+    assert [tuple(b[0].shape) for b in batches] == [
+        (2, 16, 16, 12, 4),
+        (2, 16, 16, 12, 4),
+        (1, 16, 16, 12, 4),
+    ]
     assert batches[0][1].shape == (2, 16, 16, 12) and batches[0][1].dtype.name == "int32"
     assert tuple(ds.element_spec[0].shape) == (None, 16, 16, 12, 4)
     torch_ds = H5PatchDataset(store_path, patch_size=(16, 16, 12), samples_per_epoch=5, seed=3)
     first = np.moveaxis(batches[0][0].numpy()[1], -1, 0)  # item 1, back to channels-first
     np.testing.assert_array_equal(first, torch_ds[1][0].numpy())
     np.testing.assert_array_equal(batches[0][1].numpy()[1], torch_ds[1][1].numpy())
-    reg = next(iter(h5_patch_dataset(store_path, (8, 8, 8), batch_size=1, samples_per_epoch=1, target="regions")))
+    reg = next(
+        iter(h5_patch_dataset(store_path, (8, 8, 8), batch_size=1, samples_per_epoch=1, target="regions"))
+    )
     assert tuple(reg[1].shape) == (1, 8, 8, 8, 3)

@@ -17,7 +17,9 @@ def test_orientation_codes():
     assert orientation(np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, -1, 0], [0, 0, 0, 1.0]])) == "ARI"
 
 
-@pytest.mark.parametrize("disk_dtype", [np.float64, np.float32, np.int16, np.uint8], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize(
+    "disk_dtype", [np.float64, np.float32, np.int16, np.uint8], ids=lambda d: np.dtype(d).name
+)
 def test_lps_file_is_flipped_to_ras(tmp_path, disk_dtype):
     data = np.arange(4 * 5 * 3).reshape(4, 5, 3).astype(disk_dtype)
     path = save_nifti(data, LPS, tmp_path / "x.nii.gz")

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from mednets.data import samples
-from mednets.data.samples import SAMPLE_FILES, SampleNotAvailable, cache_dir, download_file, sample_brats, sample_dirs
+from mednets.data.samples import (
+    SAMPLE_FILES,
+    SampleNotAvailable,
+    cache_dir,
+    download_file,
+    sample_brats,
+    sample_dirs,
+)
 
 
 @pytest.fixture
@@ -82,11 +89,13 @@ def test_verify_detects_a_corrupt_copy(isolated, monkeypatch, fake_source):
     d = isolated / "data" / "brats-sample"
     d.mkdir(parents=True)
     for name, (url, _) in fake_source.items():
-        shutil.copyfile(url[len("file://"):], d / name)
+        shutil.copyfile(url[len("file://") :], d / name)
     monkeypatch.setenv("MEDNETS_DATA", str(isolated / "data"))
     assert sample_brats(download=False, verify=True).id == "brats-sample"
     (d / "t2w.nii.gz").write_bytes(b"tampered")
-    with pytest.raises(ValueError, match=r"SHA-256 mismatch for .*t2w.nii.gz: expected [0-9a-f]{64}, got [0-9a-f]{64}"):
+    with pytest.raises(
+        ValueError, match=r"SHA-256 mismatch for .*t2w.nii.gz: expected [0-9a-f]{64}, got [0-9a-f]{64}"
+    ):
         sample_brats(download=False, verify=True)
 
 
@@ -94,9 +103,10 @@ def test_download_from_file_urls(isolated, fake_source):
     subject = sample_brats()
     target = isolated / "xdg" / "mednets" / "brats-sample"
     for name, (url, _) in fake_source.items():
-        assert (target / name).read_bytes() == Path(url[len("file://"):]).read_bytes()
+        assert (target / name).read_bytes() == Path(url[len("file://") :]).read_bytes()
     assert subject.images["t2"] == target / "t2w.nii.gz"
     assert not [p for p in target.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
     # The second call finds the cache and opens nothing.
     def no_network(*args, **kwargs):
         raise AssertionError("must not download again")
@@ -107,7 +117,9 @@ def test_download_from_file_urls(isolated, fake_source):
 def test_checksum_mismatch_leaves_nothing(isolated, fake_source, monkeypatch):
     url, _ = fake_source["t1c.nii.gz"]
     dest = isolated / "out" / "t1c.nii.gz"
-    with pytest.raises(ValueError, match=r"SHA-256 mismatch for file://.*remote_t1c.nii.gz: expected 0{64}, got [0-9a-f]{64}"):
+    with pytest.raises(
+        ValueError, match=r"SHA-256 mismatch for file://.*remote_t1c.nii.gz: expected 0{64}, got [0-9a-f]{64}"
+    ):
         download_file(url, dest, "0" * 64)
     assert not dest.exists() and os.listdir(dest.parent) == []
     # Through sample_brats as well.
@@ -128,7 +140,12 @@ def test_interrupted_download_leaves_nothing(isolated):
 
     dest = isolated / "out" / "t2f.nii.gz"
     with pytest.raises(ConnectionResetError):
-        download_file("https://example.invalid/t2f.nii.gz", dest, "0" * 64, opener=lambda url, timeout: Broken(b"a" * 100))
+        download_file(
+            "https://example.invalid/t2f.nii.gz",
+            dest,
+            "0" * 64,
+            opener=lambda url, timeout: Broken(b"a" * 100),
+        )
     assert os.listdir(dest.parent) == []
 
 
@@ -156,4 +173,7 @@ def test_real_urls_and_sums_match_the_data_readme():
     for name, (url, sha) in SAMPLE_FILES.items():
         assert sha in text, name
         assert url.split("/")[-1] in text
-    assert all(url.startswith("https://raw.githubusercontent.com/BrainLesion/BraTS/528ab54") for url, _ in SAMPLE_FILES.values())
+    assert all(
+        url.startswith("https://raw.githubusercontent.com/BrainLesion/BraTS/528ab54")
+        for url, _ in SAMPLE_FILES.values()
+    )

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from mednets.data.phantoms import make_phantom
-from mednets.data.transforms import brain_mask, channel_stats, flip, random_flip_rot90, rot90, zscore_normalise
+from mednets.data.transforms import (
+    brain_mask,
+    channel_stats,
+    flip,
+    random_flip_rot90,
+    rot90,
+    zscore_normalise,
+)
 
 
 def test_zscore_inside_brain():
@@ -20,7 +27,9 @@ def test_zscore_inside_brain():
     # Statistics computed on the whole volume, applied to a patch, give the same values.
     mean, std = channel_stats(image)
     patch = image[:, 8:20, 8:20, 8:20]
-    np.testing.assert_allclose(zscore_normalise(patch, mean=mean, std=std), out[:, 8:20, 8:20, 8:20], atol=1e-5)
+    np.testing.assert_allclose(
+        zscore_normalise(patch, mean=mean, std=std), out[:, 8:20, 8:20, 8:20], atol=1e-5
+    )
 
 
 def test_zscore_errors():
@@ -72,7 +81,9 @@ def test_random_flip_rot90_keeps_shape_and_pairing():
         seen.add(rl.tobytes())
     assert len(seen) > 5, "augmentations should vary with the seed"
     # Same seed, same result.
-    np.testing.assert_array_equal(random_flip_rot90(image, label, rng=7)[1], random_flip_rot90(image, label, rng=7)[1])
+    np.testing.assert_array_equal(
+        random_flip_rot90(image, label, rng=7)[1], random_flip_rot90(image, label, rng=7)[1]
+    )
 
 
 def test_transform_errors():
@@ -81,5 +92,7 @@ def test_transform_errors():
         flip(image, label, (3,))
     with pytest.raises(ValueError, match=r"two different spatial axes .* got \(1, 1\)"):
         rot90(image, label, 1, (1, 1))
-    with pytest.raises(ValueError, match=r"label shape \(6, 6\) must equal the image's spatial shape \(6, 6, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"label shape \(6, 6\) must equal the image's spatial shape \(6, 6, 5\)"
+    ):
         flip(image, label[..., 0])

@@ -12,8 +12,15 @@ import numpy as np
 import pytest
 
 import mednets
-from mednets.utils import (check_divisible, check_spatial_dims, human_bytes, markdown_table,
-                           nearest_valid_sizes, seed_everything, show_source)
+from mednets.utils import (
+    check_divisible,
+    check_spatial_dims,
+    human_bytes,
+    markdown_table,
+    nearest_valid_sizes,
+    seed_everything,
+    show_source,
+)
 from mednets.viz import plot_confusion_matrix, plot_history, show_slices
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,19 +39,18 @@ def _light_modules():
 def test_plain_import_is_light():
     modules = _light_modules()
     assert "mednets.viz" in modules and "mednets.utils" in modules
-    code = ("import importlib, sys\n"
-            f"for m in {modules!r}: importlib.import_module(m)\n"
-            f"print(sorted(set({sorted(HEAVY)!r}) & set(sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=ROOT)
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        f"print(sorted(set({sorted(HEAVY)!r}) & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]", f"heavy frameworks imported: {out.stdout}"
 
 
 def test_framework_packages_import_their_framework():
-    code = ("import sys, mednets.torch\n"
-            "print('torch' in sys.modules, 'tensorflow' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=ROOT)
+    code = "import sys, mednets.torch\nprint('torch' in sys.modules, 'tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.split() == ["True", "False"]
 
 
@@ -205,8 +211,11 @@ def test_check_spatial_dims():
 
 def test_markdown_table_and_human_bytes():
     table = markdown_table([("resnet", 1234567, 0.123456)], ["model", "params", "dice"])
-    assert table.splitlines() == ["| model | params | dice |", "| --- | --- | --- |",
-                                  "| resnet | 1,234,567 | 0.1235 |"]
+    assert table.splitlines() == [
+        "| model | params | dice |",
+        "| --- | --- | --- |",
+        "| resnet | 1,234,567 | 0.1235 |",
+    ]
     assert table._repr_markdown_() == str(table)
     with pytest.raises(ValueError, match="expected 2"):
         markdown_table([(1, 2, 3)], ["a", "b"])
@@ -214,10 +223,11 @@ def test_markdown_table_and_human_bytes():
     assert human_bytes(10) == "10 B"
 
 
-def test_show_source_returns_the_code(capsys):
-    text = show_source(nearest_valid_sizes)
-    assert text.startswith("def nearest_valid_sizes(")
-    assert "def nearest_valid_sizes(" in capsys.readouterr().out
+def test_show_source_prints_the_code_once_and_returns_nothing(capsys):
+    assert show_source(nearest_valid_sizes) is None
+    out = capsys.readouterr().out
+    assert out.startswith("def nearest_valid_sizes(")
+    assert out.count("def nearest_valid_sizes(") == 1
 
 
 # -- Notebook conventions ------------------------------------------------------------
@@ -226,8 +236,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 def _repo_url():
-    match = re.search(r"^repository:\s*\n\s+url:\s*(\S+)", (ROOT / "_config.yml").read_text(),
-                      re.M)
+    match = re.search(r"^repository:\s*\n\s+url:\s*(\S+)", (ROOT / "_config.yml").read_text(), re.M)
     assert match, "_config.yml has no repository.url"
     return match.group(1)
 

@@ -10,7 +10,6 @@ from mednets.data import brats_regions, make_phantom
 from mednets.torch.inference import importance_map, regions_to_label, sliding_window_inference, window_starts
 from mednets.torch.nvnet import NVNet
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -30,7 +29,9 @@ def test_reproduces_full_volume_output(blend, overlap, sw):
     v = torch.randn(2, 2, 37, 29, 20)
     with torch.no_grad():
         full = model(v)
-    out = sliding_window_inference(model, v, (16, 16, 16), overlap=overlap, blend=blend, margin=2, sw_batch_size=sw)
+    out = sliding_window_inference(
+        model, v, (16, 16, 16), overlap=overlap, blend=blend, margin=2, sw_batch_size=sw
+    )
     assert out.shape == full.shape
     torch.testing.assert_close(out[..., 2:-2, 2:-2, 2:-2], full[..., 2:-2, 2:-2, 2:-2], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out, full, rtol=1e-5, atol=1e-5)
@@ -46,7 +47,9 @@ def test_without_margin_the_seams_differ_but_a_pointwise_model_matches():
     pointwise = torch.nn.Conv3d(2, 3, 1).eval()
     with torch.no_grad():
         ref = pointwise(v)
-    torch.testing.assert_close(sliding_window_inference(pointwise, v, (16, 16, 16)), ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        sliding_window_inference(pointwise, v, (16, 16, 16)), ref, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_2d_and_unbatched_and_numpy_and_small_axes():
@@ -76,7 +79,9 @@ def test_runs_nvnet_with_vae_and_keeps_input_size():
     assert 0 <= float(out.min()) and float(out.max()) <= 1
 
 
-@pytest.mark.parametrize("size,patch,step", [(40, 16, 8), (37, 16, 6), (16, 16, 8), (100, 32, 32), (33, 32, 1)])
+@pytest.mark.parametrize(
+    "size,patch,step", [(40, 16, 8), (37, 16, 6), (16, 16, 8), (100, 32, 32), (33, 32, 1)]
+)
 def test_window_starts_cover_the_axis(size, patch, step):
     starts = window_starts(size, patch, step)
     assert starts[0] == 0 and starts[-1] + patch == size
@@ -104,7 +109,6 @@ def test_importance_map():
     ],
     ids=["patch-rank", "overlap", "blend", "margin", "sw-batch"],
 )
-
 def test_value_errors(kwargs, match):
     kwargs.setdefault("patch_size", (16, 16, 16))
     with pytest.raises(ValueError, match=match):
@@ -122,7 +126,9 @@ def test_regions_to_label_inverts_brats_regions():
     assert set(np.unique(label)) == {0, 1, 2, 4}
     regions = brats_regions(label).astype(np.float32)
     assert np.array_equal(regions_to_label(regions), label)
-    assert np.array_equal(regions_to_label(torch.from_numpy(regions), enhancing_label=3), np.where(label == 4, 3, label))
+    assert np.array_equal(
+        regions_to_label(torch.from_numpy(regions), enhancing_label=3), np.where(label == 4, 3, label)
+    )
 
 
 def test_regions_to_label_enforces_nesting_and_checks_shape():

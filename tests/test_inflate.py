@@ -7,7 +7,6 @@ from torch import nn
 from mednets.torch.inflate import SkippedKey, inflate_2d_weights, inflate_kernel, inflate_tensor
 from mednets.torch.resnet3d import i3d_resnet50, resnet2d, resnet3d
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -43,7 +42,7 @@ def test_single_conv_inflation_property(t):
     depth = 9
     with torch.no_grad():
         err = _slice_errors(conv3d(_boring(x, depth)), conv2d(x))
-    interior = err[t // 2: depth - t // 2]
+    interior = err[t // 2 : depth - t // 2]
     assert max(interior) < 1e-5
     if t > 1:  # zero padding: the edge slices see fewer copies of the slice
         assert err[0] > 1e-2 and err[-1] > 1e-2
@@ -111,10 +110,18 @@ def test_report_lists_head_mismatch_and_missing_keys():
     loaded, skipped = inflate_2d_weights(net3, sd2)
     reasons = dict(skipped)
     assert all(isinstance(s, SkippedKey) for s in skipped)
-    assert set(reasons) == {"fc.weight", "fc.bias", "layer1.0.conv1.weight", "extra.weight",
-                            "layer4.1.bn2.running_var"}
+    assert set(reasons) == {
+        "fc.weight",
+        "fc.bias",
+        "layer1.0.conv1.weight",
+        "extra.weight",
+        "layer4.1.bn2.running_var",
+    }
     assert "head" in reasons["fc.weight"] and "head" in reasons["fc.bias"]
-    assert reasons["layer1.0.conv1.weight"] == "shape mismatch: 2D (4, 4, 5, 5) cannot be inflated to 3D (4, 4, 3, 3, 3)"
+    assert (
+        reasons["layer1.0.conv1.weight"]
+        == "shape mismatch: 2D (4, 4, 5, 5) cannot be inflated to 3D (4, 4, 3, 3, 3)"
+    )
     assert reasons["extra.weight"] == "not in the 3D model"
     assert "not in the 2D state dict" in reasons["layer4.1.bn2.running_var"]
     assert torch.equal(net3.layer1[0].conv1.weight, before)  # a skipped key is left alone

@@ -4,14 +4,13 @@ mednets.data.synthetic (ResNet, DenseNet and Inception-ResNet in 2D and 3D)."""
 import itertools
 import re
 
+import keras  # noqa: E402
 import numpy as np
 import pytest
+import tensorflow as tf  # noqa: E402
 
 from mednets.data.synthetic import make_elongation_dataset, middle_axial_slice, patch_dataset
 from mednets.keras import count_params  # sets the Keras backend first
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
 from mednets.keras.blocks import (  # noqa: E402
     dense_block,
     inception_resnet_block,
@@ -133,27 +132,32 @@ def test_blocks_reject_bad_arguments():
 @pytest.mark.parametrize("name,dims", CASES, ids=IDS)
 def test_small_configs_pinned_param_counts(name, dims):
     model = CLASSIFIERS[name](_shape(dims, 16), **SMALL[name])
-    assert (count_params(model), count_params(model, trainable_only=True)) == \
-        PINNED_SMALL[(name, dims)]
+    assert (count_params(model), count_params(model, trainable_only=True)) == PINNED_SMALL[(name, dims)]
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_default_configs_pinned_param_counts(name):
     # build only: the default networks are far too big for a CPU forward pass here
     model = CLASSIFIERS[name]((32, 32, 32, 1))
-    assert (count_params(model), count_params(model, trainable_only=True)) == \
-        PINNED_DEFAULT[name]
+    assert (count_params(model), count_params(model, trainable_only=True)) == PINNED_DEFAULT[name]
     assert model.output_shape == (None, 2)
 
 
 def test_paper_layouts_match_reference_counts():
     # DenseNet-121 with the paper's 7x7 stem: exactly keras.applications.DenseNet121.
-    d121 = densenet((224, 224, 3), num_classes=1000, init_filters=64,
-                    block_layers=(6, 12, 24, 16), stem_kernel=7)
+    d121 = densenet(
+        (224, 224, 3), num_classes=1000, init_filters=64, block_layers=(6, 12, 24, 16), stem_kernel=7
+    )
     assert (count_params(d121), count_params(d121, trainable_only=True)) == (8062504, 7978856)
     # ResNet-18 layout: 11,689,512 trainable parameters, the paper's / torchvision's count.
-    r18 = resnet((224, 224, 3), num_classes=1000, init_filters=64,
-                 stage_filters=(64, 128, 256, 512), stage_blocks=(2, 2, 2, 2), stem_kernel=7)
+    r18 = resnet(
+        (224, 224, 3),
+        num_classes=1000,
+        init_filters=64,
+        stage_filters=(64, 128, 256, 512),
+        stage_blocks=(2, 2, 2, 2),
+        stem_kernel=7,
+    )
     assert count_params(r18, trainable_only=True) == 11689512
 
 
@@ -167,7 +171,8 @@ SHAPE_CASES = [
 
 
 @pytest.mark.parametrize(
-    "name,case", list(itertools.product(NAMES, SHAPE_CASES)),
+    "name,case",
+    list(itertools.product(NAMES, SHAPE_CASES)),
     ids=[f"{n}-{'x'.join(map(str, c[1]))}" for n, c in itertools.product(NAMES, SHAPE_CASES)],
 )
 def test_output_shapes_2d_and_3d_including_odd_sizes(name, case):
@@ -207,8 +212,11 @@ def test_layer_names_are_deterministic(name):
     ids=[f"{n}-rank{len(s)}" for n, s in itertools.product(NAMES, [(32, 32), (8, 8, 8, 8, 1), (32,)])],
 )
 def test_wrong_rank_raises(name, bad_shape):
-    with pytest.raises(ValueError, match=r"input_shape must be \(H, W, C\) for 2D or "
-                                         r"\(D, H, W, C\) for 3D.*got " + re.escape(str(bad_shape))):
+    with pytest.raises(
+        ValueError,
+        match=r"input_shape must be \(H, W, C\) for 2D or "
+        r"\(D, H, W, C\) for 3D.*got " + re.escape(str(bad_shape)),
+    ):
         CLASSIFIERS[name](bad_shape, **SMALL[name])
 
 
@@ -240,8 +248,11 @@ def test_other_bad_arguments_raise(name):
 
 
 def test_stage_lists_must_match():
-    with pytest.raises(ValueError, match=r"stage_filters=\(8, 16\) \(2\) and "
-                                         r"stage_blocks=\(1,\) \(1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"stage_filters=\(8, 16\) \(2\) and "
+        r"stage_blocks=\(1,\) \(1\)",
+    ):
         resnet((16, 16, 1), stage_filters=(8, 16), stage_blocks=(1,))
     with pytest.raises(ValueError, match=r"growth_rate=\(4,\) \(1\)"):
         densenet((16, 16, 1), block_layers=(2, 2), growth_rate=(4,))
@@ -311,8 +322,7 @@ def test_patch_dataset_train_and_test_come_from_disjoint_z_ranges():
     image = np.stack([z, np.ones(shape, np.float32)])  # channel 0 encodes z (never 0)
     label = np.zeros(shape, np.uint8)
     label[10:30, 10:30, 8:40] = 2  # a tumour on both sides of the split
-    (xtr, ytr), (xte, yte) = patch_dataset(image, label, patch_size=8, step=1,
-                                           n_per_class=5, z_split=24)
+    (xtr, ytr), (xte, yte) = patch_dataset(image, label, patch_size=8, step=1, n_per_class=5, z_split=24)
     assert xtr.shape[1:] == (2, 8, 8, 8) and xtr.dtype == np.float32
     assert set(ytr.tolist()) == {0, 1} and set(yte.tolist()) == {0, 1}
     # z-scoring is increasing in z, so every train value lies below every test value
@@ -322,8 +332,9 @@ def test_patch_dataset_train_and_test_come_from_disjoint_z_ranges():
     assert xtr[:, 0].max() <= zscore[23] + 1e-5 and xte[:, 0].min() >= zscore[24] - 1e-5
     # outside the brain (zeros in channel 0) no patch of either class is taken
     image[:, :20] = 0
-    (xtr, ytr), (xte, yte) = patch_dataset(image, label, patch_size=8, step=1,
-                                           n_per_class=50, z_split=24, min_brain=0.7)
+    (xtr, ytr), (xte, yte) = patch_dataset(
+        image, label, patch_size=8, step=1, n_per_class=50, z_split=24, min_brain=0.7
+    )
     for x in (xtr, xte):
         assert (x[:, 0] == 0).mean(axis=(1, 2, 3)).max() <= 0.3
     with pytest.raises(ValueError, match="label has no tumour voxels"):

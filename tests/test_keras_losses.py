@@ -83,7 +83,8 @@ def test_hybrid_loss_is_zero_at_a_perfect_prediction(dims):
 
 
 @pytest.mark.parametrize(
-    "dims,pred", list(itertools.product([2, 3], ["zero", "small"])),
+    "dims,pred",
+    list(itertools.product([2, 3], ["zero", "small"])),
     ids=[f"{d}d-{p}" for d, p in itertools.product([2, 3], ["zero", "small"])],
 )
 def test_losses_finite_with_finite_gradients_on_empty_masks(dims, pred):
@@ -130,8 +131,7 @@ def test_iou_loss_value():
     assert float(iou_loss(y, p, smooth=0.0)[0]) == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("fn", [focal_loss, iou_loss, ms_ssim, hybrid_loss],
-                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize("fn", [focal_loss, iou_loss, ms_ssim, hybrid_loss], ids=lambda f: f.__name__)
 def test_bad_shapes_raise(fn):
     with pytest.raises(ValueError, match="same shape"):
         fn(np.zeros((1, 32, 32, 1), "float32"), np.zeros((1, 32, 16, 1), "float32"))

@@ -17,7 +17,6 @@ from mednets.torch.nvnet import (
     reparameterize,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -53,14 +52,20 @@ def test_paper_count_matches_hand_arithmetic(paper_net):
     encoder = (
         conv(4, 32, 3)
         + 1 * _res_block_params(32)
-        + conv(32, 64, 3) + 2 * _res_block_params(64)
-        + conv(64, 128, 3) + 2 * _res_block_params(128)
-        + conv(128, 256, 3) + 4 * _res_block_params(256)
+        + conv(32, 64, 3)
+        + 2 * _res_block_params(64)
+        + conv(64, 128, 3)
+        + 2 * _res_block_params(128)
+        + conv(128, 256, 3)
+        + 4 * _res_block_params(256)
     )
     decoder = (
-        conv(256, 128, 1) + _res_block_params(128)
-        + conv(128, 64, 1) + _res_block_params(64)
-        + conv(64, 32, 1) + _res_block_params(32)
+        conv(256, 128, 1)
+        + _res_block_params(128)
+        + conv(128, 64, 1)
+        + _res_block_params(64)
+        + conv(64, 32, 1)
+        + _res_block_params(32)
         + conv(32, 3, 1)
     )
     flat = 16 * 10 * 12 * 8
@@ -82,7 +87,9 @@ def test_paper_vae_dense_sizes(paper_net):
 SHAPE_CASES = list(itertools.product([1, 2], [(32, 32, 32), (32, 48, 16), (32, 48)]))
 
 
-@pytest.mark.parametrize("batch,shape", SHAPE_CASES, ids=[f"B{b}-{'x'.join(map(str, s))}" for b, s in SHAPE_CASES])
+@pytest.mark.parametrize(
+    "batch,shape", SHAPE_CASES, ids=[f"B{b}-{'x'.join(map(str, s))}" for b, s in SHAPE_CASES]
+)
 def test_output_shapes_with_vae(batch, shape):
     torch.manual_seed(0)
     net = NVNet(init_filters=8, input_shape=shape)
@@ -94,8 +101,11 @@ def test_output_shapes_with_vae(batch, shape):
     assert 0 <= float(seg.detach().min()) and float(seg.detach().max()) <= 1  # sigmoid outputs
 
 
-@pytest.mark.parametrize("batch,shape", list(itertools.product([1, 2], [(24, 40, 16), (8, 8, 8), (40, 24)])),
-                         ids=lambda v: str(v) if isinstance(v, int) else "x".join(map(str, v)))
+@pytest.mark.parametrize(
+    "batch,shape",
+    list(itertools.product([1, 2], [(24, 40, 16), (8, 8, 8), (40, 24)])),
+    ids=lambda v: str(v) if isinstance(v, int) else "x".join(map(str, v)),
+)
 def test_output_shapes_without_vae_any_divisible_size(batch, shape):
     net = NVNet(init_filters=8, input_shape=(16,) * len(shape), vae=False)
     seg = net(torch.randn(batch, 4, *shape))
@@ -164,7 +174,6 @@ def test_wrong_size_message_names_both_shapes():
     ],
     ids=["not-div-16", "not-div-8", "vae-needs-shape", "4d", "groups"],
 )
-
 def test_constructor_value_errors(kwargs, match):
     kwargs.setdefault("init_filters", 8)
     with pytest.raises(ValueError, match=match):

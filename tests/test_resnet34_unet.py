@@ -2,11 +2,11 @@
 
 import itertools
 
+import keras
 import numpy as np
 import pytest
 
 import mednets.keras  # noqa: F401  (sets the Keras backend first)
-import keras
 from mednets.keras import count_params
 from mednets.keras.resnet34_unet import (
     SKIP_NAMES,
@@ -55,8 +55,9 @@ def test_paper_3d_counts():
     assert count_params(m3, trainable_only=True) == 72_989_045
 
 
-SHAPE_CASES = [(d, b, 1 if b == "upsampling" else 3)
-               for d, b in itertools.product((2, 3), ("upsampling", "transpose"))]
+SHAPE_CASES = [
+    (d, b, 1 if b == "upsampling" else 3) for d, b in itertools.product((2, 3), ("upsampling", "transpose"))
+]
 
 
 @pytest.mark.parametrize(
@@ -146,8 +147,7 @@ def test_encoder_weights_round_trip(tmp_path):
     keras.utils.set_random_seed(0)
     clf = resnet34_classifier(shape, num_classes=2, init_filters=4)
     # eager: one step, no graph tracing (fast in a test)
-    clf.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy",
-                run_eagerly=True)
+    clf.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy", run_eagerly=True)
     clf.fit(x, y, epochs=1, batch_size=8, verbose=0)  # moves weights and BN statistics
     path = tmp_path / "encoder.weights.h5"
     save_encoder_weights(clf, str(path))

@@ -69,8 +69,14 @@ def test_resnet2d_matches_torchvision_counts_and_keys(depth):
     assert count_params(model) == n_params
     keys = list(model.state_dict())
     assert len(keys) == n_keys
-    assert keys[:6] == ["conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean",
-                        "bn1.running_var", "bn1.num_batches_tracked"]
+    assert keys[:6] == [
+        "conv1.weight",
+        "bn1.weight",
+        "bn1.bias",
+        "bn1.running_mean",
+        "bn1.running_var",
+        "bn1.num_batches_tracked",
+    ]
     assert keys[-2:] == ["fc.weight", "fc.bias"]
     assert "layer2.0.downsample.0.weight" in keys and "layer2.0.downsample.1.running_var" in keys
     assert ("layer1.0.downsample.0.weight" in keys) == (depth >= 50)  # basic blocks keep 64 channels
@@ -96,8 +102,9 @@ def test_i3d_count_equals_2d_backbone_plus_inflated_taps():
     backbone_2d = TORCHVISION[50][0] - (2048 * 1000 + 1000)
     extra = 3 * 64 * (5 - 1) * 49  # conv1 5x7x7 instead of 7x7
     # conv1 of an inflated bottleneck is 3x1x1: two extra taps of in_channels * width.
-    for (in_first, width, out), flags in zip(((64, 64, 256), (256, 128, 512), (512, 256, 1024),
-                                               (1024, 512, 2048)), I3D_INFLATE):
+    for (in_first, width, out), flags in zip(
+        ((64, 64, 256), (256, 128, 512), (512, 256, 1024), (1024, 512, 2048)), I3D_INFLATE
+    ):
         for j, flag in enumerate(flags):
             extra += flag * 2 * (in_first if j == 0 else out) * width
     assert backbone_2d + extra == 27_223_872 == count_params(_meta(i3d_resnet50))
@@ -127,7 +134,9 @@ def _seed_convs():
                 f"Conv3d({width}, {out}, kernel_size=(1, 1, 1), stride=(1, 1, 1), bias=False)",
             ]
             if j == 0:
-                lines.append(f"Conv3d({in_first}, {out}, kernel_size=(1, 1, 1), stride=(1, {s}, {s}), bias=False)")
+                lines.append(
+                    f"Conv3d({in_first}, {out}, kernel_size=(1, 1, 1), stride=(1, {s}, {s}), bias=False)"
+                )
     return lines
 
 
@@ -142,9 +151,21 @@ def test_structure_matches_the_seed_printout_module_for_module():
     assert convs == _seed_convs()
     assert len(convs) == 52
     # every conv is followed by its BN with the conv's output channels (eps 1e-5, momentum 0.1)
-    pairs = [(m.conv1, m.bn1) for m in [model]] + [
-        (getattr(b, f"conv{k}"), getattr(b, f"bn{k}")) for layer in model.stages for b in layer for k in (1, 2, 3)
-    ] + [(b.downsample[0], b.downsample[1]) for layer in model.stages for b in layer if b.downsample is not None]
+    pairs = (
+        [(m.conv1, m.bn1) for m in [model]]
+        + [
+            (getattr(b, f"conv{k}"), getattr(b, f"bn{k}"))
+            for layer in model.stages
+            for b in layer
+            for k in (1, 2, 3)
+        ]
+        + [
+            (b.downsample[0], b.downsample[1])
+            for layer in model.stages
+            for b in layer
+            if b.downsample is not None
+        ]
+    )
     for conv, bn in pairs:
         assert (bn.num_features, bn.eps, bn.momentum) == (conv.out_channels, 1e-5, 0.1)
 
@@ -185,10 +206,19 @@ def test_block_shapes(block, spatial_dims, inflate, style, stride):
     conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
     bn = nn.BatchNorm3d if spatial_dims == 3 else nn.BatchNorm2d
     ones = (1,) * spatial_dims
-    down = nn.Sequential(conv(cin, cout, ones, stride=(1,) * (spatial_dims - 2) + (stride, stride), bias=False), bn(cout))
-    m = block(cin, width, spatial_stride=stride, downsample=down, inflate=inflate, inflate_style=style,
-              spatial_dims=spatial_dims)
-    size = (5, 9, 11)[3 - spatial_dims:]  # odd sizes
+    down = nn.Sequential(
+        conv(cin, cout, ones, stride=(1,) * (spatial_dims - 2) + (stride, stride), bias=False), bn(cout)
+    )
+    m = block(
+        cin,
+        width,
+        spatial_stride=stride,
+        downsample=down,
+        inflate=inflate,
+        inflate_style=style,
+        spatial_dims=spatial_dims,
+    )
+    size = (5, 9, 11)[3 - spatial_dims :]  # odd sizes
     y = m(torch.randn((2, cin) + size))
     expected = size[:-2] + tuple(-(-s // stride) for s in size[-2:])
     assert tuple(y.shape) == (2, cout) + expected
@@ -197,8 +227,11 @@ def test_block_shapes(block, spatial_dims, inflate, style, stride):
 
 @pytest.mark.parametrize(
     "inflate, style, k1, k2",
-    [(False, "3x1x1", (1, 1, 1), (1, 3, 3)), (True, "3x1x1", (3, 1, 1), (1, 3, 3)),
-     (True, "3x3x3", (1, 1, 1), (3, 3, 3))],
+    [
+        (False, "3x1x1", (1, 1, 1), (1, 3, 3)),
+        (True, "3x1x1", (3, 1, 1), (1, 3, 3)),
+        (True, "3x3x3", (1, 1, 1), (3, 3, 3)),
+    ],
     ids=["flat", "3x1x1", "3x3x3"],
 )
 def test_bottleneck_kernels_follow_the_inflate_style(inflate, style, k1, k2):
@@ -218,8 +251,9 @@ def test_basic_block_kernels(inflate, kt):
 @pytest.mark.parametrize("depth", [18, 50], ids=["basic", "bottleneck"])
 def test_temporal_stride_alone_gets_a_projection_shortcut(depth):
     """Erratum: the seed's condition missed a depth-only stride, so the add would fail."""
-    model = resnet3d(depth, init_filters=4, spatial_strides=(1, 1, 1, 1), temporal_strides=(2, 1, 1, 1),
-                     with_pool2=False)
+    model = resnet3d(
+        depth, init_filters=4, spatial_strides=(1, 1, 1, 1), temporal_strides=(2, 1, 1, 1), with_pool2=False
+    )
     assert model.layer1[0].downsample is not None
     assert model.layer1[0].downsample[0].stride == (2, 1, 1)
     y = model(torch.randn(1, 3, 8, 16, 16))
@@ -246,7 +280,7 @@ def test_3x3x3_style_network():
 @pytest.mark.parametrize("spatial_dims", [2, 3], ids=["2d", "3d"])
 def test_return_stages_and_head(spatial_dims):
     torch.manual_seed(0)
-    size = (8, 32, 32)[3 - spatial_dims:]
+    size = (8, 32, 32)[3 - spatial_dims :]
     x = torch.randn((2, 1) + size)
     kwargs = dict(in_channels=1, init_filters=4, spatial_dims=spatial_dims)
     stages = ResNet3d(18, return_stages=True, **kwargs)(x)
@@ -338,10 +372,26 @@ BAD = [
     ("frozen", lambda: ResNet3d(18, frozen_stages=5), "frozen_stages must be in \\[-1, 4\\], got 5"),
     ("conv1_kernel", lambda: ResNet3d(18, conv1_kernel=(4, 7, 7)), "odd positive sizes"),
     ("stages_and_head", lambda: ResNet3d(18, num_classes=2, return_stages=True), "cannot be combined"),
-    ("temporal_2d", lambda: BasicBlock3d(4, 4, temporal_stride=2, spatial_dims=2), "temporal_stride must be 1 in 2D"),
-    ("channels", lambda: ResNet3d(18, init_filters=4)(torch.zeros(1, 1, 4, 16, 16)), "C=3, got shape \\(1, 1, 4, 16, 16\\)"),
-    ("rank", lambda: ResNet3d(18, init_filters=4)(torch.zeros(1, 3, 16, 16)), "expected input \\(B, C, D, H, W\\)"),
-    ("rank_2d", lambda: resnet2d(18, init_filters=4)(torch.zeros(1, 3, 4, 16, 16)), "expected input \\(B, C, H, W\\)"),
+    (
+        "temporal_2d",
+        lambda: BasicBlock3d(4, 4, temporal_stride=2, spatial_dims=2),
+        "temporal_stride must be 1 in 2D",
+    ),
+    (
+        "channels",
+        lambda: ResNet3d(18, init_filters=4)(torch.zeros(1, 1, 4, 16, 16)),
+        "C=3, got shape \\(1, 1, 4, 16, 16\\)",
+    ),
+    (
+        "rank",
+        lambda: ResNet3d(18, init_filters=4)(torch.zeros(1, 3, 16, 16)),
+        "expected input \\(B, C, D, H, W\\)",
+    ),
+    (
+        "rank_2d",
+        lambda: resnet2d(18, init_filters=4)(torch.zeros(1, 3, 4, 16, 16)),
+        "expected input \\(B, C, H, W\\)",
+    ),
 ]
 
 

@@ -7,16 +7,17 @@ import torch
 
 from mednets.torch.losses import NVNetLoss, kl_loss, l2_loss, nvnet_loss, soft_dice_loss
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("fill", ["random", "empty", "full"])
 def test_dice_of_identical_masks_is_zero(fill):
     g = torch.Generator().manual_seed(0)
-    t = {"random": (torch.rand(2, 3, 8, 8, 8, generator=g) > 0.5).float(),
-         "empty": torch.zeros(2, 3, 8, 8, 8),
-         "full": torch.ones(2, 3, 8, 8, 8)}[fill]
+    t = {
+        "random": (torch.rand(2, 3, 8, 8, 8, generator=g) > 0.5).float(),
+        "empty": torch.zeros(2, 3, 8, 8, 8),
+        "full": torch.ones(2, 3, 8, 8, 8),
+    }[fill]
     assert float(soft_dice_loss(t, t)) == pytest.approx(0.0, abs=1e-6)
 
 
@@ -104,7 +105,9 @@ def test_loss_value_errors():
     with pytest.raises(ValueError, match="sigma > 0"):
         kl_loss(torch.zeros(1, 4), torch.tensor([[1.0, -0.5, 1.0, 1.0]]))
     with pytest.raises(ValueError, match="image=None"):
-        nvnet_loss((torch.zeros(1, 3, 4, 4), torch.zeros(1, 4, 4, 4), torch.zeros(1, 2), torch.ones(1, 2)),
-                   torch.zeros(1, 3, 4, 4))
+        nvnet_loss(
+            (torch.zeros(1, 3, 4, 4), torch.zeros(1, 4, 4, 4), torch.zeros(1, 2), torch.ones(1, 2)),
+            torch.zeros(1, 3, 4, 4),
+        )
     with pytest.raises(ValueError, match="got 2 items"):
         nvnet_loss((torch.zeros(1, 3, 4, 4), torch.zeros(1, 4, 4, 4)), torch.zeros(1, 3, 4, 4))

@@ -7,7 +7,6 @@ import torch
 
 from mednets.torch.train import fit, poly_lr, train_step
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -49,7 +48,9 @@ def test_fit_logs_parts_and_eval_and_lr():
         calls.append(m.training)
         return {"val": 1.0 + len(calls)}
 
-    hist = fit(model, batches, loss_fn, opt, epochs=4, scheduler=poly_lr(opt, 4), eval_fn=eval_fn, progress=False)
+    hist = fit(
+        model, batches, loss_fn, opt, epochs=4, scheduler=poly_lr(opt, 4), eval_fn=eval_fn, progress=False
+    )
     assert set(hist) == {"loss", "mse", "l1", "val", "lr"}
     assert all(len(v) == 4 for v in hist.values())
     # The total is the sum of its parts, epoch by epoch.
@@ -124,7 +125,6 @@ def test_train_step_lowers_loss_on_fixed_batch():
     ],
     ids=["zero-epochs", "empty", "generator"],
 )
-
 def test_fit_bad_input(kwargs, match):
     model = torch.nn.Linear(5, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -70,14 +70,14 @@ SHAPE_CASES = list(itertools.product([2, 3], [False, True], [False, True]))
 
 
 @pytest.mark.parametrize(
-    "dims,ds,cgm", SHAPE_CASES,
+    "dims,ds,cgm",
+    SHAPE_CASES,
     ids=[f"{d}d-ds{int(s)}-cgm{int(c)}" for d, s, c in SHAPE_CASES],
 )
 def test_output_shapes(dims, ds, cgm):
     spatial = (32,) * dims if dims == 2 else (16,) * dims
     classes = 3 if cgm else 1
-    model = unet3plus(spatial + (2,), num_classes=classes, filters=TINY,
-                      deep_supervision=ds, cgm=cgm)
+    model = unet3plus(spatial + (2,), num_classes=classes, filters=TINY, deep_supervision=ds, cgm=cgm)
     x = np.random.default_rng(0).random((2,) + spatial + (2,)).astype("float32")
     out = model(x, training=False)
     if not ds and not cgm:
@@ -95,16 +95,30 @@ def test_output_shapes(dims, ds, cgm):
 
 
 # Every norm and every down pattern, each at least twice (not the full product, for time).
-OPTION_CASES = [("batch", "max"), ("layer", "avg"), ("group", "conv"), (None, "normconv"),
-                ("batch", "conv"), ("batch", "normconv"), (None, "conv"), ("group", "avg"),
-                ("layer", "max"), (None, "max")]
+OPTION_CASES = [
+    ("batch", "max"),
+    ("layer", "avg"),
+    ("group", "conv"),
+    (None, "normconv"),
+    ("batch", "conv"),
+    ("batch", "normconv"),
+    (None, "conv"),
+    ("group", "avg"),
+    ("layer", "max"),
+    (None, "max"),
+]
 
 
-@pytest.mark.parametrize("norm,down", OPTION_CASES,
-                         ids=[f"{n}-{d}" for n, d in OPTION_CASES])
+@pytest.mark.parametrize("norm,down", OPTION_CASES, ids=[f"{n}-{d}" for n, d in OPTION_CASES])
 def test_options_build_and_run(norm, down):
-    model = unet3plus((32, 32, 1), filters=TINY, norm=norm, down=down,
-                      residual=(down == "conv"), double_features=(down == "avg"))
+    model = unet3plus(
+        (32, 32, 1),
+        filters=TINY,
+        norm=norm,
+        down=down,
+        residual=(down == "conv"),
+        double_features=(down == "avg"),
+    )
     out = model(np.ones((1, 32, 32, 1), "float32"))
     assert tuple(out.shape) == (1, 32, 32, 1)
     names = {lay.name for lay in model.layers}
@@ -131,8 +145,11 @@ def test_residual_block_is_identity_free_when_widths_match():
 
 def test_full_scale_sources_stage3():
     assert full_scale_sources(3) == [
-        ("e1", "maxpool", 4), ("e2", "maxpool", 2), ("e3", "none", 1),
-        ("d4", "upsample", 2), ("e5", "upsample", 4),
+        ("e1", "maxpool", 4),
+        ("e2", "maxpool", 2),
+        ("e3", "none", 1),
+        ("d4", "upsample", 2),
+        ("e5", "upsample", 4),
     ]
     assert [s for s, _, _ in full_scale_sources(1)] == ["e1", "d2", "d3", "d4", "e5"]
     with pytest.raises(ValueError, match="stage must be in 1..4"):
@@ -148,8 +165,9 @@ def test_linear_upsampling_matches_torch_bilinear_and_trilinear():
     x3 = rng.random((2, 4, 5, 6, 3)).astype("float32")
     for x, mode, factor in ((x2, "bilinear", 4), (x3, "trilinear", 2)):
         ours = LinearUpsampling(factor)(x).numpy()
-        ref = F.interpolate(torch.from_numpy(np.moveaxis(x, -1, 1)), scale_factor=factor,
-                            mode=mode, align_corners=False)
+        ref = F.interpolate(
+            torch.from_numpy(np.moveaxis(x, -1, 1)), scale_factor=factor, mode=mode, align_corners=False
+        )
         np.testing.assert_allclose(ours, np.moveaxis(ref.numpy(), 1, -1), atol=1e-5)
 
 
@@ -213,34 +231,45 @@ def test_one_training_step_with_hybrid_loss_and_cgm():
     grads = tape.gradient(loss, model.trainable_weights)
     assert np.isfinite(float(loss))
     assert all(g is not None and np.all(np.isfinite(g.numpy())) for g in grads)
-    nonzero = {w.path.split("/")[0] for w, g in zip(model.trainable_weights, grads)
-               if np.any(g.numpy() != 0)}
-    for layer in ("unet3plus_cls_conv", "unet3plus_side5_conv", "unet3plus_seg_conv",
-                  "unet3plus_enc1_conv1_conv"):
+    nonzero = {w.path.split("/")[0] for w, g in zip(model.trainable_weights, grads) if np.any(g.numpy() != 0)}
+    for layer in (
+        "unet3plus_cls_conv",
+        "unet3plus_side5_conv",
+        "unet3plus_seg_conv",
+        "unet3plus_enc1_conv1_conv",
+    ):
         assert layer in nonzero, layer
 
 
 # ---------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("shape,msg", [
-    ((100, 64, 3), r"\(100, 64\).*axis 0: 100 \(nearest valid: 96 or 112\)"),
-    ((32, 32, 40, 1), r"axis 2: 40 \(nearest valid: 32 or 48\)"),
-    ((8, 32, 1), r"axis 0: 8 \(nearest valid: 16\)"),
-    ((32, 1), r"\(H, W, C\) for 2D or \(D, H, W, C\)"),
-    ((None, 32, 1), "known spatial sizes"),
-], ids=["2d-100", "3d-40", "2d-8", "rank", "none"])
+@pytest.mark.parametrize(
+    "shape,msg",
+    [
+        ((100, 64, 3), r"\(100, 64\).*axis 0: 100 \(nearest valid: 96 or 112\)"),
+        ((32, 32, 40, 1), r"axis 2: 40 \(nearest valid: 32 or 48\)"),
+        ((8, 32, 1), r"axis 0: 8 \(nearest valid: 16\)"),
+        ((32, 1), r"\(H, W, C\) for 2D or \(D, H, W, C\)"),
+        ((None, 32, 1), "known spatial sizes"),
+    ],
+    ids=["2d-100", "3d-40", "2d-8", "rank", "none"],
+)
 def test_bad_input_shape_raises(shape, msg):
     with pytest.raises(ValueError, match=msg):
         unet3plus(shape, filters=TINY)
 
 
-@pytest.mark.parametrize("kwargs,msg", [
-    (dict(norm="weird"), "norm must be one of"),
-    (dict(down="strided"), "down must be one of"),
-    (dict(num_classes=0), "num_classes must be a positive int, got 0"),
-    (dict(filters=(8,)), "filters must be at least 2"),
-], ids=["norm", "down", "classes", "filters"])
+@pytest.mark.parametrize(
+    "kwargs,msg",
+    [
+        (dict(norm="weird"), "norm must be one of"),
+        (dict(down="strided"), "down must be one of"),
+        (dict(num_classes=0), "num_classes must be a positive int, got 0"),
+        (dict(filters=(8,)), "filters must be at least 2"),
+    ],
+    ids=["norm", "down", "classes", "filters"],
+)
 def test_bad_options_raise(kwargs, msg):
     kwargs = {"filters": TINY, **kwargs}
     with pytest.raises(ValueError, match=msg):

@@ -17,7 +17,14 @@ from mednets.data.brats import (
     load_subject,
     subject_from_dir,
 )
-from mednets.data.crop import crop_or_pad, crop_patch, foreground_bbox, paste_patch, random_crop, sample_patch_start
+from mednets.data.crop import (
+    crop_or_pad,
+    crop_patch,
+    foreground_bbox,
+    paste_patch,
+    random_crop,
+    sample_patch_start,
+)
 from mednets.data.h5store import H5Volumes, RandomPatches, convert_to_h5
 from mednets.data.nifti import load_nifti, orientation, save_nifti
 from mednets.data.phantoms import make_phantom, make_phantom_dataset

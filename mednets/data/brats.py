@@ -145,7 +145,7 @@ def _modality_of(filename: str, subject_id: str | None) -> str | None:
         return None
     stem = match.group("stem")
     if subject_id is not None and stem.lower().startswith(subject_id.lower()):
-        stem = stem[len(subject_id):].lstrip("_-")
+        stem = stem[len(subject_id) :].lstrip("_-")
     return MODALITY_ALIASES.get(stem.lower())
 
 
@@ -197,7 +197,9 @@ def _normalise_modalities(modalities):
     for m in modalities:
         name = MODALITY_ALIASES.get(str(m).lower())
         if name is None or name == "seg":
-            raise ValueError(f"unknown modality {m!r}; expected one of {sorted(k for k in MODALITY_ALIASES if k != 'seg')}")
+            raise ValueError(
+                f"unknown modality {m!r}; expected one of {sorted(k for k in MODALITY_ALIASES if k != 'seg')}"
+            )
         if name in out:
             raise ValueError(f"modality {m!r} requested twice (as {name!r}) in {list(modalities)}")
         out.append(name)

@@ -30,15 +30,31 @@ def build_parser():
     )
     parser.add_argument("root", help="data set directory (BraTS 2018-2021 or 2023 layout)")
     parser.add_argument("out", help="output .h5 file (written atomically)")
-    parser.add_argument("--modalities", nargs="+", default=list(DEFAULT_MODALITIES),
-                        help="channel order (default: %(default)s); BraTS 2023 names t1n, t1c, t2w, t2f also work")
-    parser.add_argument("--crop-foreground", action="store_true", help="crop each subject to its brain bounding box")
-    parser.add_argument("--margin", type=int, default=2, help="voxels kept around the foreground (default: 2)")
+    parser.add_argument(
+        "--modalities",
+        nargs="+",
+        default=list(DEFAULT_MODALITIES),
+        help="channel order (default: %(default)s); BraTS 2023 names t1n, t1c, t2w, t2f also work",
+    )
+    parser.add_argument(
+        "--crop-foreground", action="store_true", help="crop each subject to its brain bounding box"
+    )
+    parser.add_argument(
+        "--margin", type=int, default=2, help="voxels kept around the foreground (default: 2)"
+    )
     parser.add_argument("--compression", choices=["lzf", "gzip", "none"], default="lzf", help="default: lzf")
-    parser.add_argument("--chunks", type=int, nargs=3, default=[16, 16, 16], metavar=("X", "Y", "Z"),
-                        help="spatial chunk shape (default: 16 16 16)")
+    parser.add_argument(
+        "--chunks",
+        type=int,
+        nargs=3,
+        default=[16, 16, 16],
+        metavar=("X", "Y", "Z"),
+        help="spatial chunk shape (default: 16 16 16)",
+    )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--append", action="store_true", help="add to an existing store, skipping subjects already in it")
+    mode.add_argument(
+        "--append", action="store_true", help="add to an existing store, skipping subjects already in it"
+    )
     mode.add_argument("--overwrite", action="store_true", help="replace an existing store")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -65,8 +81,10 @@ def main(argv=None):
         )
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
-        print(f"no file was written at {args.out}" if not args.append else f"{args.out} was left unchanged",
-              file=sys.stderr)
+        print(
+            f"no file was written at {args.out}" if not args.append else f"{args.out} was left unchanged",
+            file=sys.stderr,
+        )
         return 1
     seconds = time.perf_counter() - start
     ratio = summary["raw_bytes"] / max(summary["bytes"], 1)

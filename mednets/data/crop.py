@@ -31,7 +31,9 @@ def _as_triple(name, value):
 
 def _spatial_shape(array):
     if array.ndim < 3:
-        raise ValueError(f"expected an array with at least 3 dimensions (..., X, Y, Z), got shape {array.shape}")
+        raise ValueError(
+            f"expected an array with at least 3 dimensions (..., X, Y, Z), got shape {array.shape}"
+        )
     return tuple(array.shape[-3:])
 
 

@@ -28,7 +28,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from mednets.data.brats import DEFAULT_MODALITIES, Subject, _normalise_modalities, label_convention, load_subject
+from mednets.data.brats import (
+    DEFAULT_MODALITIES,
+    Subject,
+    _normalise_modalities,
+    label_convention,
+    load_subject,
+)
 from mednets.data.crop import _as_triple, _check_inside, foreground_bbox, sample_patch_start
 from mednets.data.transforms import brain_mask, channel_stats, random_flip_rot90, zscore_normalise
 
@@ -62,7 +68,9 @@ def _item_from(subject, modalities):
         if label is not None:
             label = np.asarray(label)
             if label.shape != image.shape[1:]:
-                raise ValueError(f"subject {sid!r}: label shape {label.shape} must equal image spatial shape {image.shape[1:]}")
+                raise ValueError(
+                    f"subject {sid!r}: label shape {label.shape} must equal image spatial shape {image.shape[1:]}"
+                )
             label = label.astype(np.uint8)
         meta = {
             "id": str(sid),
@@ -77,7 +85,9 @@ def _item_from(subject, modalities):
         return image, label, meta
     if isinstance(subject, (Subject, str, os.PathLike)):
         return load_subject(subject, modalities)
-    raise ValueError(f"expected a Subject, a directory or an (id, image, label) tuple, got {type(subject).__name__}")
+    raise ValueError(
+        f"expected a Subject, a directory or an (id, image, label) tuple, got {type(subject).__name__}"
+    )
 
 
 def _subject_id(subject):
@@ -87,7 +97,9 @@ def _subject_id(subject):
         return str(subject[0])
     if isinstance(subject, (str, os.PathLike)):
         return Path(subject).name
-    raise ValueError(f"expected a Subject, a directory or an (id, image, label) tuple, got {type(subject).__name__}")
+    raise ValueError(
+        f"expected a Subject, a directory or an (id, image, label) tuple, got {type(subject).__name__}"
+    )
 
 
 def _write_subject(group, image, label, meta, crop_foreground, margin, chunks, compression, level, seed):
@@ -104,7 +116,9 @@ def _write_subject(group, image, label, meta, crop_foreground, margin, chunks, c
         offset = start
     spatial_chunks = _chunk_shape(image.shape[1:], chunks)
     opts = {"compression": compression, "compression_opts": level} if compression else {}
-    group.create_dataset("image", data=image, chunks=(image.shape[0],) + spatial_chunks, shuffle=bool(compression), **opts)
+    group.create_dataset(
+        "image", data=image, chunks=(image.shape[0],) + spatial_chunks, shuffle=bool(compression), **opts
+    )
     if label is not None:
         group.create_dataset("label", data=label, chunks=spatial_chunks, **opts)
         points = np.argwhere(label > 0).astype(np.int32)
@@ -203,7 +217,9 @@ def convert_to_h5(
     if append and overwrite:
         raise ValueError("append and overwrite cannot both be True")
     if path.exists() and not (append or overwrite):
-        raise FileExistsError(f"{path} exists; pass append=True to add subjects or overwrite=True to replace it")
+        raise FileExistsError(
+            f"{path} exists; pass append=True to add subjects or overwrite=True to replace it"
+        )
     subjects = list(subjects)
     ids = [_subject_id(s) for s in subjects]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
@@ -232,7 +248,9 @@ def convert_to_h5(
                         f"cannot append to {path}: it stores modalities {list(existing)}, got {list(modalities)}"
                     )
             group = f["subjects"]
-            bar = tqdm(list(zip(ids, subjects)), desc=f"HDF5 {path.name}", unit="subject", disable=not progress)
+            bar = tqdm(
+                list(zip(ids, subjects)), desc=f"HDF5 {path.name}", unit="subject", disable=not progress
+            )
             for i, (sid, subject) in enumerate(bar):
                 bar.set_postfix_str(sid)
                 if sid in group:
@@ -240,8 +258,18 @@ def convert_to_h5(
                     continue
                 image, label, meta = _item_from(subject, modalities)
                 raw_bytes += image.nbytes + (0 if label is None else label.nbytes)
-                _write_subject(group.create_group(sid), image, label, meta, crop_foreground, margin,
-                               chunks, compression, level, seed=i)
+                _write_subject(
+                    group.create_group(sid),
+                    image,
+                    label,
+                    meta,
+                    crop_foreground,
+                    margin,
+                    chunks,
+                    compression,
+                    level,
+                    seed=i,
+                )
                 written.append(sid)
             bar.close()
             n_subjects = len(group)
@@ -283,7 +311,9 @@ class H5Volumes:
         self._file = None
         with self._open() as f:
             if f.attrs.get("format") != FORMAT:
-                raise ValueError(f"{self.path} is not a mednets store: format {f.attrs.get('format')!r}, expected {FORMAT!r}")
+                raise ValueError(
+                    f"{self.path} is not a mednets store: format {f.attrs.get('format')!r}, expected {FORMAT!r}"
+                )
             self.modalities = tuple(json.loads(f.attrs["modalities"]))
             self.ids = sorted(f["subjects"].keys())
             self._shapes = {sid: tuple(f["subjects"][sid]["image"].shape[1:]) for sid in self.ids}
@@ -323,7 +353,9 @@ class H5Volumes:
 
     def _group(self, sid):
         if sid not in self._shapes:
-            raise KeyError(f"subject {sid!r} not in {self.path}; it has {len(self.ids)} subjects, e.g. {self.ids[:3]}")
+            raise KeyError(
+                f"subject {sid!r} not in {self.path}; it has {len(self.ids)} subjects, e.g. {self.ids[:3]}"
+            )
         return self.file["subjects"][sid]
 
     def shape(self, sid):
@@ -409,8 +441,18 @@ class RandomPatches:
         seed: Base seed. Defaults to 0.
     """
 
-    def __init__(self, store, patch_size=(64, 64, 64), samples_per_epoch=None, foreground_fraction=0.5,
-                 normalise=True, augment=False, target="classes", ids=None, seed=0):
+    def __init__(
+        self,
+        store,
+        patch_size=(64, 64, 64),
+        samples_per_epoch=None,
+        foreground_fraction=0.5,
+        normalise=True,
+        augment=False,
+        target="classes",
+        ids=None,
+        seed=0,
+    ):
         self.store = store if isinstance(store, H5Volumes) else H5Volumes(store)
         self.patch_size = _as_triple("patch_size", patch_size)
         self.ids = list(self.store.ids if ids is None else ids)
@@ -422,7 +464,9 @@ class RandomPatches:
         for sid in self.ids:
             shape = self.store._shapes[sid]
             if any(p > s for p, s in zip(self.patch_size, shape)):
-                raise ValueError(f"patch size {self.patch_size} is larger than subject {sid!r} of shape {shape}")
+                raise ValueError(
+                    f"patch size {self.patch_size} is larger than subject {sid!r} of shape {shape}"
+                )
         if target not in ("classes", "regions"):
             raise ValueError(f"target must be 'classes' or 'regions', got {target!r}")
         self.samples_per_epoch = len(self.ids) if samples_per_epoch is None else int(samples_per_epoch)
@@ -455,7 +499,9 @@ class RandomPatches:
         rng = np.random.default_rng([self.seed, epoch, index])
         sid = self.ids[index % len(self.ids)]
         foreground, mean, std = self._subject_info(sid)
-        start = sample_patch_start(self.store._shapes[sid], self.patch_size, rng, foreground, self.foreground_fraction)
+        start = sample_patch_start(
+            self.store._shapes[sid], self.patch_size, rng, foreground, self.foreground_fraction
+        )
         image, label = self.store.read_patch(sid, start, self.patch_size)
         if label is None:
             label = np.zeros(self.patch_size, np.uint8)

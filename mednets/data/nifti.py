@@ -81,7 +81,9 @@ def load_nifti(path, *, canonical=True, dtype=np.float32):
             raise ValueError(f"{path}: expected whole-number labels for dtype {dtype}, got fractional values")
         lo, hi = (data.min(), data.max()) if data.size else (0, 0)
         if lo < info.min or hi > info.max:
-            raise ValueError(f"{path}: values must be in [{info.min}, {info.max}] for dtype {dtype}, got [{lo}, {hi}]")
+            raise ValueError(
+                f"{path}: values must be in [{info.min}, {info.max}] for dtype {dtype}, got [{lo}, {hi}]"
+            )
     array = np.ascontiguousarray(data, dtype=dtype)
     affine = np.asarray(img.affine, dtype=np.float64)
     info = {

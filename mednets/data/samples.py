@@ -158,7 +158,9 @@ def sample_brats(*, download=True, verify=False, opener=None) -> Subject:
                 for name, (_, sha) in SAMPLE_FILES.items():
                     actual = _sha256(directory / name)
                     if actual != sha:
-                        raise ValueError(f"SHA-256 mismatch for {directory / name}: expected {sha}, got {actual}")
+                        raise ValueError(
+                            f"SHA-256 mismatch for {directory / name}: expected {sha}, got {actual}"
+                        )
             return subject_from_dir(directory, subject_id=SAMPLE_NAME)
     target = cache_dir() / SAMPLE_NAME
     where = " or ".join(str(d) for d in sample_dirs())

@@ -42,9 +42,15 @@ def normalise_brain(image):
     return out
 
 
-def phantom_slices(n_subjects, shape=(64, 64, 64), slices_per_subject=8,
-                   empty_fraction=0.25, seed=0, min_tumour_pixels=20,
-                   min_brain_fraction=0.1):
+def phantom_slices(
+    n_subjects,
+    shape=(64, 64, 64),
+    slices_per_subject=8,
+    empty_fraction=0.25,
+    seed=0,
+    min_tumour_pixels=20,
+    min_brain_fraction=0.1,
+):
     """Axial slices of phantom subjects, with whole-tumour masks.
 
     Each subject (all with a tumour, from :func:`make_phantom_dataset`) is z-scored
@@ -100,10 +106,14 @@ def phantom_slices(n_subjects, shape=(64, 64, 64), slices_per_subject=8,
                 f"tumour-free brain slices, but {n_tumour} and {n_empty} were requested; "
                 "lower slices_per_subject or use a larger shape"
             )
-        zs = np.sort(np.concatenate([
-            rng.choice(with_tumour, n_tumour, replace=False),
-            rng.choice(without, n_empty, replace=False),
-        ]))
+        zs = np.sort(
+            np.concatenate(
+                [
+                    rng.choice(with_tumour, n_tumour, replace=False),
+                    rng.choice(without, n_empty, replace=False),
+                ]
+            )
+        )
         xs.append(np.moveaxis(image[..., zs], (0, 3), (3, 0)))  # (4,X,Y,k) -> (k,X,Y,4)
         ys.append(np.moveaxis(tumour[..., zs], -1, 0)[..., None])  # (k, X, Y, 1)
     x = np.concatenate(xs).astype(np.float32)

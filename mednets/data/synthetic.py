@@ -18,8 +18,15 @@ __all__ = ["make_elongation_dataset", "middle_axial_slice", "patch_dataset"]
 CLASS_NAMES = ("sphere", "elongated")
 
 
-def make_elongation_dataset(n: int, shape=(24, 24, 24), seed: int = 0, noise: float = 0.5,
-                            radius=(2.5, 5.0), elongation=(1.8, 2.6), jitter: int = 2):
+def make_elongation_dataset(
+    n: int,
+    shape=(24, 24, 24),
+    seed: int = 0,
+    noise: float = 0.5,
+    radius=(2.5, 5.0),
+    elongation=(1.8, 2.6),
+    jitter: int = 2,
+):
     """Spheres against ellipsoids stretched along z, with the same axial cross-section.
 
     Each volume holds one bright object in Gaussian noise. Class 0 is a sphere of
@@ -67,15 +74,21 @@ def make_elongation_dataset(n: int, shape=(24, 24, 24), seed: int = 0, noise: fl
     rng = np.random.default_rng(seed)
     labels = np.array([0] * (n // 2) + [1] * (n - n // 2), dtype=np.int64)
     rng.shuffle(labels)
-    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape],
-                                indexing="ij"))  # (3, X, Y, Z)
+    grid = np.stack(
+        np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
+    )  # (3, X, Y, Z)
     volumes = np.empty((n,) + shape, dtype=np.float32)
     z_half = shape[2] / 2 - 1  # the object must fit along z
     for i, label in enumerate(labels):
         r = rng.uniform(lo, hi)
-        centre = np.array([shape[0] // 2 + rng.integers(-jitter, jitter + 1),
-                           shape[1] // 2 + rng.integers(-jitter, jitter + 1),
-                           shape[2] // 2], dtype=np.float32)
+        centre = np.array(
+            [
+                shape[0] // 2 + rng.integers(-jitter, jitter + 1),
+                shape[1] // 2 + rng.integers(-jitter, jitter + 1),
+                shape[2] // 2,
+            ],
+            dtype=np.float32,
+        )
         c = min(r * rng.uniform(e_lo, e_hi), z_half) if label == 1 else r
         d = grid - centre[:, None, None, None]
         inside = (d[0] / r) ** 2 + (d[1] / r) ** 2 + (d[2] / c) ** 2 <= 1.0
@@ -102,9 +115,17 @@ def _normalise(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def patch_dataset(image, label, patch_size: int = 16, step: int = 2, n_per_class: int = 64,
-                  z_split: int | None = None, min_tumour: float = 0.2,
-                  min_brain: float = 0.7, seed: int = 0):
+def patch_dataset(
+    image,
+    label,
+    patch_size: int = 16,
+    step: int = 2,
+    n_per_class: int = 64,
+    z_split: int | None = None,
+    min_tumour: float = 0.2,
+    min_brain: float = 0.7,
+    seed: int = 0,
+):
     """Tumour against healthy-tissue patches, with train and test from disjoint z ranges.
 
     A patch covers ``patch_size * step`` voxels per axis, sampled every ``step`` voxels
@@ -143,8 +164,7 @@ def patch_dataset(image, label, patch_size: int = 16, step: int = 2, n_per_class
     extent = patch_size * step
     if extent > min(image.shape[1:]):
         raise ValueError(
-            f"patch extent patch_size * step = {extent} exceeds the image's spatial "
-            f"shape {image.shape[1:]}"
+            f"patch extent patch_size * step = {extent} exceeds the image's spatial shape {image.shape[1:]}"
         )
     tumour = label > 0
     if not tumour.any():
@@ -163,7 +183,7 @@ def patch_dataset(image, label, patch_size: int = 16, step: int = 2, n_per_class
 
     def window(a, corner):
         x, y, z = corner
-        return a[..., x:x + extent:step, y:y + extent:step, z:z + extent:step]
+        return a[..., x : x + extent : step, y : y + extent : step, z : z + extent : step]
 
     def corners(z_lo, z_hi):
         # every corner on a grid of half a patch, inside [z_lo, z_hi)

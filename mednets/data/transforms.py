@@ -72,10 +72,14 @@ def zscore_normalise(image, mask=None, mean=None, std=None, eps=1e-8):
     mean = np.asarray(mean, dtype=np.float64)
     std = np.asarray(std, dtype=np.float64)
     if mean.shape != (image.shape[0],) or std.shape != (image.shape[0],):
-        raise ValueError(f"mean and std must have {image.shape[0]} entries (one per channel), got {mean.shape} and {std.shape}")
+        raise ValueError(
+            f"mean and std must have {image.shape[0]} entries (one per channel), got {mean.shape} and {std.shape}"
+        )
     if mask.shape != image.shape[1:]:
         raise ValueError(f"mask shape {mask.shape} must equal the image's spatial shape {image.shape[1:]}")
-    out = (image - mean[:, None, None, None].astype(np.float32)) / (std[:, None, None, None] + eps).astype(np.float32)
+    out = (image - mean[:, None, None, None].astype(np.float32)) / (std[:, None, None, None] + eps).astype(
+        np.float32
+    )
     out[:, ~mask] = 0.0
     return out.astype(np.float32, copy=False)
 
@@ -85,7 +89,9 @@ def _check_pair(image, label):
     if image.ndim != 4:
         raise ValueError(f"image must have shape (C, X, Y, Z), got shape {image.shape}")
     if label is not None and np.shape(label) != image.shape[1:]:
-        raise ValueError(f"label shape {np.shape(label)} must equal the image's spatial shape {image.shape[1:]}")
+        raise ValueError(
+            f"label shape {np.shape(label)} must equal the image's spatial shape {image.shape[1:]}"
+        )
     return image
 
 

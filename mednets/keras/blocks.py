@@ -47,8 +47,7 @@ def _as_tuple(value, dims: int, what: str) -> tuple[int, ...]:
     value = tuple(int(v) for v in value)
     if len(value) != dims or any(v < 1 for v in value):
         raise ValueError(
-            f"{what} must be a positive int or {dims} positive ints for a {dims}D input, "
-            f"got {value}"
+            f"{what} must be a positive int or {dims} positive ints for a {dims}D input, got {value}"
         )
     return value
 
@@ -63,8 +62,9 @@ def _check_rate(rate: float, what: str = "dropout") -> None:
         raise ValueError(f"{what} must be in [0, 1), got {rate!r}")
 
 
-def residual_block(x, filters: int, strides=1, norm: str | None = "batch",
-                   act: str = "relu", name: str = "res"):
+def residual_block(
+    x, filters: int, strides=1, norm: str | None = "batch", act: str = "relu", name: str = "res"
+):
     """Basic residual block of ResNet: two 3^d convolutions plus a shortcut.
 
     ``y = act(norm(conv(act(norm(conv(x))))) + shortcut(x))``. Normalisation sits
@@ -102,8 +102,7 @@ def residual_block(x, filters: int, strides=1, norm: str | None = "batch",
     shortcut = x
     if any(s != 1 for s in strides) or _channels(x) != filters:
         # projection shortcut: (B, *S, C_in) -> (B, *ceil(S / s), C_out)
-        shortcut = conv_norm_act(x, filters, 1, strides=strides, norm=norm, act=None,
-                                 name=f"{name}_proj")
+        shortcut = conv_norm_act(x, filters, 1, strides=strides, norm=norm, act=None, name=f"{name}_proj")
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return layers.Activation(act, name=f"{name}_out")(y)
 
@@ -115,13 +114,26 @@ def _pre_act_conv(x, filters: int, kernel_size, norm, act, name: str, strides=1)
     if n is not None:
         x = n(x)
     x = layers.Activation(act, name=f"{name}_act")(x)
-    return CONV[dims](filters, kernel_size, strides=strides, padding="same",
-                      use_bias=n is None, kernel_initializer="he_normal",
-                      name=f"{name}_conv")(x)
+    return CONV[dims](
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=n is None,
+        kernel_initializer="he_normal",
+        name=f"{name}_conv",
+    )(x)
 
 
-def dense_layer(x, growth_rate: int, bottleneck: int = 4, dropout: float = 0.0,
-                norm: str | None = "batch", act: str = "relu", name: str = "dense"):
+def dense_layer(
+    x,
+    growth_rate: int,
+    bottleneck: int = 4,
+    dropout: float = 0.0,
+    norm: str | None = "batch",
+    act: str = "relu",
+    name: str = "dense",
+):
     """One DenseNet-B layer: norm-act-1^d conv (bottleneck) then norm-act-3^d conv.
 
     Paper: https://arxiv.org/abs/1608.06993
@@ -152,9 +164,16 @@ def dense_layer(x, growth_rate: int, bottleneck: int = 4, dropout: float = 0.0,
     return y
 
 
-def dense_block(x, num_layers: int, growth_rate: int = 32, bottleneck: int = 4,
-                dropout: float = 0.0, norm: str | None = "batch", act: str = "relu",
-                name: str = "denseblock"):
+def dense_block(
+    x,
+    num_layers: int,
+    growth_rate: int = 32,
+    bottleneck: int = 4,
+    dropout: float = 0.0,
+    norm: str | None = "batch",
+    act: str = "relu",
+    name: str = "denseblock",
+):
     """Dense block: each layer sees the concatenation of all earlier feature maps.
 
     With C input channels, L layers and growth rate k the output has C + L*k channels:
@@ -184,15 +203,29 @@ def dense_block(x, num_layers: int, growth_rate: int = 32, bottleneck: int = 4,
     _check_positive(num_layers, "num_layers")
     features = x
     for i in range(1, num_layers + 1):
-        new = dense_layer(features, growth_rate, bottleneck=bottleneck, dropout=dropout,
-                          norm=norm, act=act, name=f"{name}_layer{i}")
+        new = dense_layer(
+            features,
+            growth_rate,
+            bottleneck=bottleneck,
+            dropout=dropout,
+            norm=norm,
+            act=act,
+            name=f"{name}_layer{i}",
+        )
         # (B, *S, C + (i-1)k) -> (B, *S, C + ik)
         features = layers.Concatenate(axis=-1, name=f"{name}_layer{i}_concat")([features, new])
     return features
 
 
-def transition_layer(x, reduction: float = 0.5, strides=2, dropout: float = 0.0,
-                     norm: str | None = "batch", act: str = "relu", name: str = "transition"):
+def transition_layer(
+    x,
+    reduction: float = 0.5,
+    strides=2,
+    dropout: float = 0.0,
+    norm: str | None = "batch",
+    act: str = "relu",
+    name: str = "transition",
+):
     """DenseNet transition: norm-act-1^d conv to floor(reduction * C) channels, then
     average pooling with window = stride (halves each size by default).
 
@@ -228,13 +261,13 @@ def transition_layer(x, reduction: float = 0.5, strides=2, dropout: float = 0.0,
     if dropout:
         y = layers.Dropout(dropout, name=f"{name}_drop")(y)
     if any(s != 1 for s in strides):
-        y = AVGPOOL[dims](pool_size=strides, strides=strides, padding="same",
-                          name=f"{name}_pool")(y)
+        y = AVGPOOL[dims](pool_size=strides, strides=strides, padding="same", name=f"{name}_pool")(y)
     return y
 
 
-def inception_resnet_block(x, filters: int, scale: float = 1.0, norm: str | None = "batch",
-                           act: str = "relu", name: str = "incres"):
+def inception_resnet_block(
+    x, filters: int, scale: float = 1.0, norm: str | None = "batch", act: str = "relu", name: str = "incres"
+):
     """Inception-ResNet block (the "A" block, simplified), for any channel count.
 
     Three branches see the input: a 1^d convolution; 1^d then 3^d; 1^d then 3^d then
@@ -277,16 +310,18 @@ def inception_resnet_block(x, filters: int, scale: float = 1.0, norm: str | None
     b2 = conv_norm_act(b2, filters, 3, name=f"{name}_b2_conv3", **kw)
     mixed = layers.Concatenate(axis=-1, name=f"{name}_concat")([b0, b1, b2])  # (B, *S, 3f)
     # linear projection back to the input's channels: (B, *S, 3f) -> (B, *S, C)
-    up = CONV[dims](_channels(x), 1, padding="same", use_bias=True,
-                    kernel_initializer="he_normal", name=f"{name}_up")(mixed)
+    up = CONV[dims](
+        _channels(x), 1, padding="same", use_bias=True, kernel_initializer="he_normal", name=f"{name}_up"
+    )(mixed)
     if scale != 1.0:
         up = layers.Rescaling(float(scale), name=f"{name}_scale")(up)
     y = layers.Add(name=f"{name}_add")([x, up])
     return layers.Activation(act, name=f"{name}_out")(y)
 
 
-def reduction_block(x, filters: int, strides=2, norm: str | None = "batch",
-                    act: str = "relu", name: str = "reduction"):
+def reduction_block(
+    x, filters: int, strides=2, norm: str | None = "batch", act: str = "relu", name: str = "reduction"
+):
     """Inception-style grid reduction: three parallel down-sampling branches.
 
     Branches: a strided 3^d convolution; 1^d, 3^d, then a strided 3^d convolution;

@@ -62,7 +62,7 @@ def total_stride(num_downsamples: int, down_strides, spatial_dims: int) -> tuple
         (8, 8, 1)
     """
     strides = _as_tuple(down_strides, spatial_dims, "down_strides")
-    return tuple(s ** num_downsamples for s in strides)
+    return tuple(s**num_downsamples for s in strides)
 
 
 def check_input_shape(input_shape, stride, name: str = "model") -> int:
@@ -124,8 +124,7 @@ def _stem(x, init_filters, stem_kernel, pool_strides, norm, act, name):
     dims = len(x.shape) - 2
     x = conv_norm_act(x, init_filters, stem_kernel, norm=norm, act=act, name=f"{name}_stem")
     # (B, *S, C0) -> (B, *S / s, C0); "same" padding keeps the border values honest
-    return MAXPOOL[dims](pool_size=3, strides=pool_strides, padding="same",
-                         name=f"{name}_stem_pool")(x)
+    return MAXPOOL[dims](pool_size=3, strides=pool_strides, padding="same", name=f"{name}_stem_pool")(x)
 
 
 def _head(x, num_classes, include_top, pooling, dropout, classifier_activation, name):
@@ -137,13 +136,15 @@ def _head(x, num_classes, include_top, pooling, dropout, classifier_activation, 
     if include_top:
         if dropout:
             x = layers.Dropout(dropout, name=f"{name}_head_drop")(x)
-        x = layers.Dense(num_classes, activation=classifier_activation,
-                         name=f"{name}_head_dense")(x)  # (B, C) -> (B, num_classes)
+        x = layers.Dense(num_classes, activation=classifier_activation, name=f"{name}_head_dense")(
+            x
+        )  # (B, C) -> (B, num_classes)
     return x
 
 
-def _check_common(input_shape, num_classes, init_filters, dropout, num_downsamples,
-                  down_strides, stem_kernel, name):
+def _check_common(
+    input_shape, num_classes, init_filters, dropout, num_downsamples, down_strides, stem_kernel, name
+):
     input_shape = tuple(input_shape)
     dims = spatial_dims_from_shape(input_shape)
     _check_positive(num_classes, "num_classes")
@@ -155,12 +156,22 @@ def _check_common(input_shape, num_classes, init_filters, dropout, num_downsampl
     return input_shape, dims, _as_tuple(down_strides, dims, "down_strides")
 
 
-def resnet(input_shape, num_classes: int = 2, init_filters: int = 32,
-           stage_filters: Sequence[int] = (32, 64, 128),
-           stage_blocks: Sequence[int] = (4, 8, 16), down_strides=2, stem_kernel: int = 5,
-           norm: str | None = "batch", act: str = "relu", dropout: float = 0.0,
-           include_top: bool = True, pooling: str | None = "avg",
-           classifier_activation: str | None = "softmax", name: str = "resnet"):
+def resnet(
+    input_shape,
+    num_classes: int = 2,
+    init_filters: int = 32,
+    stage_filters: Sequence[int] = (32, 64, 128),
+    stage_blocks: Sequence[int] = (4, 8, 16),
+    down_strides=2,
+    stem_kernel: int = 5,
+    norm: str | None = "batch",
+    act: str = "relu",
+    dropout: float = 0.0,
+    include_top: bool = True,
+    pooling: str | None = "avg",
+    classifier_activation: str | None = "softmax",
+    name: str = "resnet",
+):
     """ResNet classifier built from basic residual blocks, 2D or 3D.
 
     Stage i has ``stage_blocks[i]`` blocks of ``stage_filters[i]`` channels; every
@@ -197,28 +208,40 @@ def resnet(input_shape, num_classes: int = 2, init_filters: int = 32,
         >>> m.output_shape
         (None, 2)
     """
-    stage_filters, stage_blocks = _check_stages(stage_filters, stage_blocks,
-                                                "stage_filters", "stage_blocks")
-    input_shape, dims, down = _check_common(input_shape, num_classes, init_filters, dropout,
-                                            len(stage_filters), down_strides, stem_kernel,
-                                            name)
+    stage_filters, stage_blocks = _check_stages(stage_filters, stage_blocks, "stage_filters", "stage_blocks")
+    input_shape, dims, down = _check_common(
+        input_shape, num_classes, init_filters, dropout, len(stage_filters), down_strides, stem_kernel, name
+    )
     inputs = keras.Input(input_shape, name=f"{name}_input")
     x = _stem(inputs, init_filters, stem_kernel, down, norm, act, name)
     for s, (filters, blocks) in enumerate(zip(stage_filters, stage_blocks), start=1):
         for b in range(1, blocks + 1):
             strides = down if (s > 1 and b == 1) else 1  # halve at the start of a stage
-            x = residual_block(x, filters, strides=strides, norm=norm, act=act,
-                               name=f"{name}_stage{s}_block{b}")
+            x = residual_block(
+                x, filters, strides=strides, norm=norm, act=act, name=f"{name}_stage{s}_block{b}"
+            )
     outputs = _head(x, num_classes, include_top, pooling, dropout, classifier_activation, name)
     return keras.Model(inputs, outputs, name=name)
 
 
-def densenet(input_shape, num_classes: int = 2, init_filters: int = 32,
-             block_layers: Sequence[int] = (6, 12, 18, 12), growth_rate=32,
-             reduction: float = 0.5, bottleneck: int = 4, down_strides=2,
-             stem_kernel: int = 5, norm: str | None = "batch", act: str = "relu",
-             dropout: float = 0.0, include_top: bool = True, pooling: str | None = "avg",
-             classifier_activation: str | None = "softmax", name: str = "densenet"):
+def densenet(
+    input_shape,
+    num_classes: int = 2,
+    init_filters: int = 32,
+    block_layers: Sequence[int] = (6, 12, 18, 12),
+    growth_rate=32,
+    reduction: float = 0.5,
+    bottleneck: int = 4,
+    down_strides=2,
+    stem_kernel: int = 5,
+    norm: str | None = "batch",
+    act: str = "relu",
+    dropout: float = 0.0,
+    include_top: bool = True,
+    pooling: str | None = "avg",
+    classifier_activation: str | None = "softmax",
+    name: str = "densenet",
+):
     """DenseNet-BC classifier (bottleneck layers and compressing transitions), 2D or 3D.
 
     Dense block i has ``block_layers[i]`` layers; a transition layer (compression
@@ -257,22 +280,36 @@ def densenet(input_shape, num_classes: int = 2, init_filters: int = 32,
         (None, 2)
     """
     block_layers = tuple(block_layers)
-    growth = (growth_rate,) * len(block_layers) if isinstance(growth_rate, int) \
-        else tuple(growth_rate)
+    growth = (growth_rate,) * len(block_layers) if isinstance(growth_rate, int) else tuple(growth_rate)
     _check_stages(growth, block_layers, "growth_rate", "block_layers")
     if not 0.0 < float(reduction) <= 1.0:
         raise ValueError(f"reduction must be in (0, 1], got {reduction!r}")
-    input_shape, dims, down = _check_common(input_shape, num_classes, init_filters, dropout,
-                                            len(block_layers), down_strides, stem_kernel,
-                                            name)
+    input_shape, dims, down = _check_common(
+        input_shape, num_classes, init_filters, dropout, len(block_layers), down_strides, stem_kernel, name
+    )
     inputs = keras.Input(input_shape, name=f"{name}_input")
     x = _stem(inputs, init_filters, stem_kernel, down, norm, act, name)
     for i, (num_layers, k) in enumerate(zip(block_layers, growth), start=1):
         if i > 1:
-            x = transition_layer(x, reduction, strides=down, dropout=dropout, norm=norm,
-                                 act=act, name=f"{name}_transition{i - 1}")
-        x = dense_block(x, num_layers, k, bottleneck=bottleneck, dropout=dropout,
-                        norm=norm, act=act, name=f"{name}_block{i}")
+            x = transition_layer(
+                x,
+                reduction,
+                strides=down,
+                dropout=dropout,
+                norm=norm,
+                act=act,
+                name=f"{name}_transition{i - 1}",
+            )
+        x = dense_block(
+            x,
+            num_layers,
+            k,
+            bottleneck=bottleneck,
+            dropout=dropout,
+            norm=norm,
+            act=act,
+            name=f"{name}_block{i}",
+        )
     n = norm_layer(norm, name=f"{name}_final_norm")
     if n is not None:
         x = n(x)
@@ -281,14 +318,23 @@ def densenet(input_shape, num_classes: int = 2, init_filters: int = 32,
     return keras.Model(inputs, outputs, name=name)
 
 
-def inception_resnet(input_shape, num_classes: int = 2, init_filters: int = 32,
-                     stage_filters: Sequence[int] = (64, 128, 256),
-                     stage_blocks: Sequence[int] = (1, 1, 1), scale: float = 1.0,
-                     down_strides=2, stem_kernel: int = 5, norm: str | None = "batch",
-                     act: str = "relu", dropout: float = 0.0, include_top: bool = True,
-                     pooling: str | None = "avg",
-                     classifier_activation: str | None = "softmax",
-                     name: str = "inception_resnet"):
+def inception_resnet(
+    input_shape,
+    num_classes: int = 2,
+    init_filters: int = 32,
+    stage_filters: Sequence[int] = (64, 128, 256),
+    stage_blocks: Sequence[int] = (1, 1, 1),
+    scale: float = 1.0,
+    down_strides=2,
+    stem_kernel: int = 5,
+    norm: str | None = "batch",
+    act: str = "relu",
+    dropout: float = 0.0,
+    include_top: bool = True,
+    pooling: str | None = "avg",
+    classifier_activation: str | None = "softmax",
+    name: str = "inception_resnet",
+):
     """Simplified Inception-ResNet classifier, 2D or 3D.
 
     Each stage: (from the second stage on) a reduction block, a 1^d convolution to
@@ -325,22 +371,21 @@ def inception_resnet(input_shape, num_classes: int = 2, init_filters: int = 32,
         >>> m.output_shape
         (None, 2)
     """
-    stage_filters, stage_blocks = _check_stages(stage_filters, stage_blocks,
-                                                "stage_filters", "stage_blocks")
-    input_shape, dims, down = _check_common(input_shape, num_classes, init_filters, dropout,
-                                            len(stage_filters), down_strides, stem_kernel,
-                                            name)
+    stage_filters, stage_blocks = _check_stages(stage_filters, stage_blocks, "stage_filters", "stage_blocks")
+    input_shape, dims, down = _check_common(
+        input_shape, num_classes, init_filters, dropout, len(stage_filters), down_strides, stem_kernel, name
+    )
     inputs = keras.Input(input_shape, name=f"{name}_input")
     x = _stem(inputs, init_filters, stem_kernel, down, norm, act, name)
     for s, (filters, blocks) in enumerate(zip(stage_filters, stage_blocks), start=1):
         if s > 1:
             # (B, *S, C) -> (B, *S / s, C + 2 * filters)
-            x = reduction_block(x, filters, strides=down, norm=norm, act=act,
-                                name=f"{name}_reduction{s - 1}")
+            x = reduction_block(x, filters, strides=down, norm=norm, act=act, name=f"{name}_reduction{s - 1}")
         x = conv_norm_act(x, filters, 1, norm=norm, act=act, name=f"{name}_stage{s}_proj")
         for b in range(1, blocks + 1):
-            x = inception_resnet_block(x, max(1, filters // 2), scale=scale, norm=norm,
-                                       act=act, name=f"{name}_stage{s}_block{b}")
+            x = inception_resnet_block(
+                x, max(1, filters // 2), scale=scale, norm=norm, act=act, name=f"{name}_stage{s}_block{b}"
+            )
     outputs = _head(x, num_classes, include_top, pooling, dropout, classifier_activation, name)
     return keras.Model(inputs, outputs, name=name)
 

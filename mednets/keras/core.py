@@ -12,8 +12,6 @@ import math
 import keras
 from keras import layers
 
-from mednets.utils import check_spatial_dims
-
 __all__ = [
     "CONV",
     "CONV_TRANSPOSE",
@@ -83,14 +81,20 @@ def norm_layer(norm: str | None, name: str | None = None, groups: int = 8):
         return layers.GroupNormalization(groups=groups, axis=-1, name=name)
     if norm == "instance":
         return layers.GroupNormalization(groups=-1, axis=-1, name=name)
-    raise ValueError(
-        f"norm must be one of 'batch', 'layer', 'group', 'instance' or None, got {norm!r}"
-    )
+    raise ValueError(f"norm must be one of 'batch', 'layer', 'group', 'instance' or None, got {norm!r}")
 
 
-def conv_norm_act(x, filters: int, kernel_size=3, strides=1, norm: str | None = "batch",
-                  act: str | None = "relu", use_bias: bool | None = None,
-                  padding: str = "same", name: str | None = None):
+def conv_norm_act(
+    x,
+    filters: int,
+    kernel_size=3,
+    strides=1,
+    norm: str | None = "batch",
+    act: str | None = "relu",
+    use_bias: bool | None = None,
+    padding: str = "same",
+    name: str | None = None,
+):
     """Convolution, then normalisation, then activation, in 2D or 3D.
 
     The dimension is read off ``x``: a rank-4 tensor gives ``Conv2D``, rank 5
@@ -115,8 +119,15 @@ def conv_norm_act(x, filters: int, kernel_size=3, strides=1, norm: str | None = 
     if use_bias is None:
         use_bias = norm is None or norm == "none"
     sub = (lambda s: f"{name}_{s}") if name else (lambda s: None)
-    x = CONV[dims](filters, kernel_size, strides=strides, padding=padding,
-                   use_bias=use_bias, kernel_initializer="he_normal", name=sub("conv"))(x)
+    x = CONV[dims](
+        filters,
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        use_bias=use_bias,
+        kernel_initializer="he_normal",
+        name=sub("conv"),
+    )(x)
     n = norm_layer(norm, name=sub("norm"))
     if n is not None:
         x = n(x)
@@ -155,12 +166,10 @@ def model_cost(model: keras.Model, dtype_bytes: int = 4) -> dict:
             shape = _shape_of(out)[1:]
             if any(s is None for s in shape):
                 raise ValueError(
-                    f"model_cost needs static shapes; layer {layer.name!r} has output "
-                    f"shape {_shape_of(out)}"
+                    f"model_cost needs static shapes; layer {layer.name!r} has output shape {_shape_of(out)}"
                 )
             act_elems += math.prod(shape)
-        if isinstance(layer, (layers.Conv2D, layers.Conv3D, layers.Conv2DTranspose,
-                              layers.Conv3DTranspose)):
+        if isinstance(layer, (layers.Conv2D, layers.Conv3D, layers.Conv2DTranspose, layers.Conv3DTranspose)):
             in_shape = _shape_of(layer.input)[1:]
             out_shape = _shape_of(layer.output)[1:]
             k = math.prod(layer.kernel_size)
@@ -175,8 +184,11 @@ def model_cost(model: keras.Model, dtype_bytes: int = 4) -> dict:
             macs += math.prod(in_shape) * layer.units
     from mednets.keras import count_params
 
-    return {"params": count_params(model), "macs": int(macs),
-            "activation_bytes": int(act_elems * dtype_bytes)}
+    return {
+        "params": count_params(model),
+        "macs": int(macs),
+        "activation_bytes": int(act_elems * dtype_bytes),
+    }
 
 
 def set_batchnorm(model, momentum: float = 0.9, epsilon: float | None = None) -> int:

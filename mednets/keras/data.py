@@ -18,9 +18,20 @@ from mednets.data.h5store import RandomPatches
 __all__ = ["h5_patch_dataset"]
 
 
-def h5_patch_dataset(store, patch_size=(64, 64, 64), batch_size=2, samples_per_epoch=None,
-                     foreground_fraction=0.5, normalise=True, augment=False, target="classes",
-                     ids=None, seed=0, epoch=0, prefetch=2):
+def h5_patch_dataset(
+    store,
+    patch_size=(64, 64, 64),
+    batch_size=2,
+    samples_per_epoch=None,
+    foreground_fraction=0.5,
+    normalise=True,
+    augment=False,
+    target="classes",
+    ids=None,
+    seed=0,
+    epoch=0,
+    prefetch=2,
+):
     """Build a ``tf.data.Dataset`` of ``(image, target)`` batches, channels-last.
 
     Items come from :class:`mednets.data.h5store.RandomPatches` (the same sampler as the
@@ -49,8 +60,9 @@ def h5_patch_dataset(store, patch_size=(64, 64, 64), batch_size=2, samples_per_e
     Returns:
         A ``tf.data.Dataset`` of ``(image float32 (B, D, H, W, C), target)``.
     """
-    patches = RandomPatches(store, patch_size, samples_per_epoch, foreground_fraction, normalise, augment,
-                            target, ids, seed)
+    patches = RandomPatches(
+        store, patch_size, samples_per_epoch, foreground_fraction, normalise, augment, target, ids, seed
+    )
     channels = len(patches.store.modalities)
     size = patches.patch_size
 

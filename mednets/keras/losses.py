@@ -16,7 +16,6 @@ sample weights and average over the batch.
 
 import math
 
-import keras
 from keras import ops
 
 __all__ = [
@@ -45,8 +44,7 @@ def _check_pair(y_true, y_pred):
         )
     if len(y_true.shape) != rank or tuple(y_true.shape[1:]) != tuple(y_pred.shape[1:]):
         raise ValueError(
-            f"y_true and y_pred must have the same shape, got {tuple(y_true.shape)} "
-            f"and {tuple(y_pred.shape)}"
+            f"y_true and y_pred must have the same shape, got {tuple(y_true.shape)} and {tuple(y_pred.shape)}"
         )
     return y_true, y_pred
 
@@ -204,8 +202,7 @@ def ms_ssim(
     levels = len(power_factors)
     if min(spatial) < 2 ** (levels - 1):
         raise ValueError(
-            f"ms_ssim with {levels} scales needs every spatial size >= {2 ** (levels - 1)}, "
-            f"got {spatial}"
+            f"ms_ssim with {levels} scales needs every spatial size >= {2 ** (levels - 1)}, got {spatial}"
         )
 
     # Each channel is an independent image: move channels into the batch axis.
@@ -298,6 +295,7 @@ def foreground_only(loss_fn):
         >>> bool(loss[0] > 0), float(loss[1])
         (True, 0.0)
     """
+
     def wrapped(y_true, y_pred):
         y_true = ops.cast(y_true, "float32")
         axes = tuple(range(1, len(y_true.shape)))

@@ -24,7 +24,6 @@ from collections.abc import Mapping, Sequence
 import keras
 from keras import layers
 
-from mednets.keras.core import set_batchnorm
 from mednets.keras.core import (
     CONV,
     CONV_TRANSPOSE,
@@ -33,6 +32,7 @@ from mednets.keras.core import (
     UPSAMPLE,
     ZEROPAD,
     conv_norm_act,
+    set_batchnorm,
     spatial_dims_from_shape,
 )
 from mednets.utils import check_divisible
@@ -95,9 +95,7 @@ def _pad(p: int, spatial_dims: int, flat: bool):
 
 def _check_anisotropic(anisotropic_levels: int, spatial_dims: int) -> None:
     if not isinstance(anisotropic_levels, int) or not 0 <= anisotropic_levels <= _N_DOWN:
-        raise ValueError(
-            f"anisotropic_levels must be an integer in 0..{_N_DOWN}, got {anisotropic_levels!r}"
-        )
+        raise ValueError(f"anisotropic_levels must be an integer in 0..{_N_DOWN}, got {anisotropic_levels!r}")
     if anisotropic_levels and spatial_dims != 3:
         raise ValueError(
             f"anisotropic_levels applies only to 3D inputs; got {anisotropic_levels} "
@@ -283,7 +281,11 @@ def _decoder_block(x, skip, filters, stage, block, up, kernel, use_batchnorm):
     # transpose: 4x4 transposed conv with stride 2 and BN-ReLU, concatenate, one conv-BN-ReLU
     tkernel = tuple(1 if u == 1 else 4 for u in up) if isinstance(up, tuple) else 4
     x = CONV_TRANSPOSE[dims](
-        filters, tkernel, strides=up, padding="same", use_bias=not use_batchnorm,
+        filters,
+        tkernel,
+        strides=up,
+        padding="same",
+        use_bias=not use_batchnorm,
         name=base + "a_transpose",
     )(x)
     if use_batchnorm:
@@ -395,8 +397,11 @@ def resnet_unet(
     x = unet_decoder(features, skips, decoder_filters, decoder_block, anisotropic_levels, use_batchnorm)
     # Head: 3x3 conv to the classes (with bias), then sigmoid or softmax.
     x = CONV[dims](
-        num_classes, _kernel(3, dims, _flat(0, anisotropic_levels)), padding="same",
-        use_bias=True, name="final_conv",
+        num_classes,
+        _kernel(3, dims, _flat(0, anisotropic_levels)),
+        padding="same",
+        use_bias=True,
+        name="final_conv",
     )(x)
     if activation is None:
         activation = "sigmoid" if num_classes == 1 else "softmax"
@@ -464,9 +469,18 @@ def resnet34_unet(
         (None, 64, 64, 1)
     """
     return resnet_unet(
-        input_shape, num_classes, decoder_block, freeze_encoder, encoder_weights,
-        RESNET34_REPETITIONS, init_filters, decoder_filters, anisotropic_levels,
-        activation, use_batchnorm, name,
+        input_shape,
+        num_classes,
+        decoder_block,
+        freeze_encoder,
+        encoder_weights,
+        RESNET34_REPETITIONS,
+        init_filters,
+        decoder_filters,
+        anisotropic_levels,
+        activation,
+        use_batchnorm,
+        name,
     )
 
 
@@ -540,8 +554,16 @@ def load_encoder_weights(model: keras.Model, path: str) -> None:
         ) from err
 
 
-def fit_timed(model: keras.Model, x, y, epochs: int, batch_size: int = 16,
-              validation_data=None, progress: bool = True, **fit_kwargs) -> dict:
+def fit_timed(
+    model: keras.Model,
+    x,
+    y,
+    epochs: int,
+    batch_size: int = 16,
+    validation_data=None,
+    progress: bool = True,
+    **fit_kwargs,
+) -> dict:
     """``model.fit`` that times the first epoch (graph tracing) apart from the others.
 
     The first epoch of a compiled Keras model includes tracing the training graph,
@@ -575,8 +597,17 @@ def fit_timed(model: keras.Model, x, y, epochs: int, batch_size: int = 16,
     def run(initial_epoch, last_epoch):
         cbs = callbacks + ([TqdmCallback(verbose=0)] if progress else [])
         start = time.perf_counter()
-        h = model.fit(x, y, batch_size=batch_size, epochs=last_epoch, initial_epoch=initial_epoch,
-                      validation_data=validation_data, verbose=0, callbacks=cbs, **fit_kwargs)
+        h = model.fit(
+            x,
+            y,
+            batch_size=batch_size,
+            epochs=last_epoch,
+            initial_epoch=initial_epoch,
+            validation_data=validation_data,
+            verbose=0,
+            callbacks=cbs,
+            **fit_kwargs,
+        )
         return h.history, time.perf_counter() - start
 
     first, t_first = run(0, 1)

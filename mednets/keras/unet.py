@@ -14,7 +14,6 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from mednets.keras.core import set_batchnorm as _set_batchnorm
 from mednets.keras.core import (
     AVGPOOL,
     CONV,
@@ -25,6 +24,7 @@ from mednets.keras.core import (
     spatial_dims_from_shape,
     spatial_dims_of,
 )
+from mednets.keras.core import set_batchnorm as _set_batchnorm
 from mednets.utils import check_divisible
 
 __all__ = [
@@ -77,8 +77,17 @@ def set_batchnorm(model, momentum=0.9, epsilon=1e-5):
     return _set_batchnorm(model, momentum, epsilon)
 
 
-def conv_block(x, filters, kernel_size=3, norm="batch", act="relu", use_bias=True,
-               residual=False, double_features=False, name="block"):
+def conv_block(
+    x,
+    filters,
+    kernel_size=3,
+    norm="batch",
+    act="relu",
+    use_bias=True,
+    residual=False,
+    double_features=False,
+    name="block",
+):
     """Two conv -> norm -> act units, optionally residual, in 2D or 3D.
 
     With ``residual=True`` the second unit's activation moves after the addition of a
@@ -101,17 +110,19 @@ def conv_block(x, filters, kernel_size=3, norm="batch", act="relu", use_bias=Tru
         ``(B, *spatial, filters)``, or ``2 * filters`` channels with ``double_features``.
     """
     out_filters = 2 * filters if double_features else filters
-    y = conv_norm_act(x, filters, kernel_size, norm=norm, act=act, use_bias=use_bias,
-                      name=f"{name}_conv1")
+    y = conv_norm_act(x, filters, kernel_size, norm=norm, act=act, use_bias=use_bias, name=f"{name}_conv1")
     if not residual:
-        return conv_norm_act(y, out_filters, kernel_size, norm=norm, act=act,
-                             use_bias=use_bias, name=f"{name}_conv2")
-    y = conv_norm_act(y, out_filters, kernel_size, norm=norm, act=None, use_bias=use_bias,
-                      name=f"{name}_conv2")
+        return conv_norm_act(
+            y, out_filters, kernel_size, norm=norm, act=act, use_bias=use_bias, name=f"{name}_conv2"
+        )
+    y = conv_norm_act(
+        y, out_filters, kernel_size, norm=norm, act=None, use_bias=use_bias, name=f"{name}_conv2"
+    )
     shortcut = x
     if x.shape[-1] != out_filters:
-        shortcut = conv_norm_act(x, out_filters, 1, norm=norm, act=None, use_bias=use_bias,
-                                 name=f"{name}_shortcut")
+        shortcut = conv_norm_act(
+            x, out_filters, 1, norm=norm, act=None, use_bias=use_bias, name=f"{name}_shortcut"
+        )
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return layers.Activation(act, name=f"{name}_act")(y)
 
@@ -137,20 +148,35 @@ def down_layer(x, down="max", norm="batch", use_bias=True, name="down"):
     if down == "avg":
         return AVGPOOL[dims](2, name=f"{name}_avgpool")(x)
     if down == "conv":
-        return conv_norm_act(x, x.shape[-1], 2, strides=2, norm=norm, act=None,
-                             use_bias=use_bias, name=name)
+        return conv_norm_act(x, x.shape[-1], 2, strides=2, norm=norm, act=None, use_bias=use_bias, name=name)
     if down == "normconv":
         n = norm_layer(norm, name=f"{name}_norm")
         if n is not None:
             x = n(x)
-        return CONV[dims](x.shape[-1], 2, strides=2, padding="same", use_bias=use_bias,
-                          kernel_initializer="he_normal", name=f"{name}_conv")(x)
+        return CONV[dims](
+            x.shape[-1],
+            2,
+            strides=2,
+            padding="same",
+            use_bias=use_bias,
+            kernel_initializer="he_normal",
+            name=f"{name}_conv",
+        )(x)
     raise ValueError(f"down must be one of {DOWN_PATTERNS}, got {down!r}")
 
 
-def encoder(x, filters=(64, 128, 256, 512, 1024), kernel_size=3, norm="batch", act="relu",
-            use_bias=True, residual=False, double_features=False, down="max",
-            name="enc"):
+def encoder(
+    x,
+    filters=(64, 128, 256, 512, 1024),
+    kernel_size=3,
+    norm="batch",
+    act="relu",
+    use_bias=True,
+    residual=False,
+    double_features=False,
+    down="max",
+    name="enc",
+):
     """The UNet encoder: one :func:`conv_block` per width, with :func:`down_layer` between.
 
     Args:
@@ -168,15 +194,33 @@ def encoder(x, filters=(64, 128, 256, 512, 1024), kernel_size=3, norm="batch", a
     for i, f in enumerate(filters, start=1):
         if i > 1:
             x = down_layer(x, down, norm=norm, use_bias=use_bias, name=f"{name}{i}_down")
-        x = conv_block(x, f, kernel_size, norm=norm, act=act, use_bias=use_bias,
-                       residual=residual, double_features=double_features, name=f"{name}{i}")
+        x = conv_block(
+            x,
+            f,
+            kernel_size,
+            norm=norm,
+            act=act,
+            use_bias=use_bias,
+            residual=residual,
+            double_features=double_features,
+            name=f"{name}{i}",
+        )
         features.append(x)
     return features
 
 
-def unet(input_shape, num_classes=1, filters=(64, 128, 256, 512, 1024), kernel_size=3,
-         norm="batch", act="relu", use_bias=True, bn_momentum=0.9, bn_epsilon=1e-5,
-         name="unet"):
+def unet(
+    input_shape,
+    num_classes=1,
+    filters=(64, 128, 256, 512, 1024),
+    kernel_size=3,
+    norm="batch",
+    act="relu",
+    use_bias=True,
+    bn_momentum=0.9,
+    bn_epsilon=1e-5,
+    name="unet",
+):
     """A plain UNet, 2D or 3D (Ronneberger et al., 2015, https://arxiv.org/abs/1505.04597).
 
     Decoder stage ``i``: 2x2 stride-2 transposed conv to ``filters[i-1]`` channels,
@@ -210,15 +254,21 @@ def unet(input_shape, num_classes=1, filters=(64, 128, 256, 512, 1024), kernel_s
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     dims = check_input_shape(input_shape, len(filters), what=f"{name} input")
     inputs = keras.Input(input_shape, name=f"{name}_input")
-    feats = encoder(inputs, filters, kernel_size, norm=norm, act=act, use_bias=use_bias,
-                    name=f"{name}_enc")
+    feats = encoder(inputs, filters, kernel_size, norm=norm, act=act, use_bias=use_bias, name=f"{name}_enc")
     x = feats[-1]
     for i in range(len(filters) - 1, 0, -1):
-        x = CONV_TRANSPOSE[dims](filters[i - 1], 2, strides=2, use_bias=True,
-                                 kernel_initializer="he_normal", name=f"{name}_dec{i}_up")(x)
+        x = CONV_TRANSPOSE[dims](
+            filters[i - 1],
+            2,
+            strides=2,
+            use_bias=True,
+            kernel_initializer="he_normal",
+            name=f"{name}_dec{i}_up",
+        )(x)
         x = layers.Concatenate(axis=-1, name=f"{name}_dec{i}_concat")([feats[i - 1], x])
-        x = conv_block(x, filters[i - 1], kernel_size, norm=norm, act=act,
-                       use_bias=use_bias, name=f"{name}_dec{i}")
+        x = conv_block(
+            x, filters[i - 1], kernel_size, norm=norm, act=act, use_bias=use_bias, name=f"{name}_dec{i}"
+        )
     x = CONV[dims](num_classes, 1, name=f"{name}_head_conv")(x)
     x = layers.Activation("sigmoid" if num_classes == 1 else "softmax", name=f"{name}_head")(x)
     model = keras.Model(inputs, x, name=name)

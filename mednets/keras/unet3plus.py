@@ -113,8 +113,9 @@ def full_scale_sources(stage, depth=5):
     return plan
 
 
-def full_scale_branch(x, resize, factor, filters, kernel_size=3, norm="batch", act="relu",
-                      use_bias=True, name="branch"):
+def full_scale_branch(
+    x, resize, factor, filters, kernel_size=3, norm="batch", act="relu", use_bias=True, name="branch"
+):
     """One full-scale skip branch: resize (max pool or linear up-sampling), then a conv unit.
 
     Args:
@@ -135,12 +136,12 @@ def full_scale_branch(x, resize, factor, filters, kernel_size=3, norm="batch", a
         x = LinearUpsampling(factor, name=f"{name}_up")(x)
     elif resize != "none":
         raise ValueError(f"resize must be 'maxpool', 'none' or 'upsample', got {resize!r}")
-    return conv_norm_act(x, filters, kernel_size, norm=norm, act=act, use_bias=use_bias,
-                         name=name)
+    return conv_norm_act(x, filters, kernel_size, norm=norm, act=act, use_bias=use_bias, name=name)
 
 
-def decoder_stage(maps, stage, skip_filters=64, kernel_size=3, norm="batch", act="relu",
-                  use_bias=True, name="dec"):
+def decoder_stage(
+    maps, stage, skip_filters=64, kernel_size=3, norm="batch", act="relu", use_bias=True, name="dec"
+):
     """Decoder stage ``stage`` of UNet 3+: ``depth`` branches, concatenated, then fused.
 
     Args:
@@ -160,12 +161,29 @@ def decoder_stage(maps, stage, skip_filters=64, kernel_size=3, norm="batch", act
     for source, resize, factor in full_scale_sources(stage, depth):
         if source not in maps:
             raise ValueError(f"decoder stage {stage} needs map {source!r}, got {sorted(maps)}")
-        branches.append(full_scale_branch(
-            maps[source], resize, factor, skip_filters, kernel_size, norm=norm, act=act,
-            use_bias=use_bias, name=f"{name}{stage}_from_{source}"))
+        branches.append(
+            full_scale_branch(
+                maps[source],
+                resize,
+                factor,
+                skip_filters,
+                kernel_size,
+                norm=norm,
+                act=act,
+                use_bias=use_bias,
+                name=f"{name}{stage}_from_{source}",
+            )
+        )
     x = layers.Concatenate(axis=-1, name=f"{name}{stage}_concat")(branches)
-    return conv_norm_act(x, depth * skip_filters, kernel_size, norm=norm, act=act,
-                         use_bias=use_bias, name=f"{name}{stage}_fuse")
+    return conv_norm_act(
+        x,
+        depth * skip_filters,
+        kernel_size,
+        norm=norm,
+        act=act,
+        use_bias=use_bias,
+        name=f"{name}{stage}_fuse",
+    )
 
 
 def side_output(x, num_classes, factor, kernel_size=3, name="side"):
@@ -177,8 +195,9 @@ def side_output(x, num_classes, factor, kernel_size=3, name="side"):
     Returns:
         ``(B, *spatial * factor, num_classes)``.
     """
-    x = CONV[spatial_dims_of(x)](num_classes, kernel_size, padding="same",
-                                  kernel_initializer="he_normal", name=f"{name}_conv")(x)
+    x = CONV[spatial_dims_of(x)](
+        num_classes, kernel_size, padding="same", kernel_initializer="he_normal", name=f"{name}_conv"
+    )(x)
     if factor > 1:
         x = LinearUpsampling(factor, name=f"{name}_up")(x)
     return layers.Activation("sigmoid" if num_classes == 1 else "softmax", name=name)(x)
@@ -272,10 +291,25 @@ def cgm_inference_model(model, threshold=0.5):
     return keras.Model(inputs, gated, name=f"{model.name}_gated")
 
 
-def unet3plus(input_shape, num_classes=1, filters=(64, 128, 256, 512, 1024), skip_filters=None,
-              kernel_size=3, norm="batch", act="relu", use_bias=True, residual=False,
-              down="max", double_features=False, deep_supervision=False, cgm=False,
-              cgm_dropout=0.5, bn_momentum=0.9, bn_epsilon=1e-5, name="unet3plus"):
+def unet3plus(
+    input_shape,
+    num_classes=1,
+    filters=(64, 128, 256, 512, 1024),
+    skip_filters=None,
+    kernel_size=3,
+    norm="batch",
+    act="relu",
+    use_bias=True,
+    residual=False,
+    down="max",
+    double_features=False,
+    deep_supervision=False,
+    cgm=False,
+    cgm_dropout=0.5,
+    bn_momentum=0.9,
+    bn_epsilon=1e-5,
+    name="unet3plus",
+):
     """UNet 3+ (Huang et al., 2020, https://arxiv.org/abs/2004.08790), 2D or 3D.
 
     The defaults reproduce the authors' official PyTorch ``UNet_3Plus``: conv (with bias)
@@ -329,8 +363,15 @@ def unet3plus(input_shape, num_classes=1, filters=(64, 128, 256, 512, 1024), ski
     opts = dict(kernel_size=kernel_size, norm=norm, act=act, use_bias=use_bias)
 
     inputs = keras.Input(input_shape, name=f"{name}_input")
-    feats = encoder(inputs, filters, residual=residual, double_features=double_features,
-                    down=down, name=f"{name}_enc", **opts)
+    feats = encoder(
+        inputs,
+        filters,
+        residual=residual,
+        double_features=double_features,
+        down=down,
+        name=f"{name}_enc",
+        **opts,
+    )
     maps = {f"e{j}": e for j, e in enumerate(feats, start=1)}  # e_j: spatial / 2**(j-1)
     for stage in range(depth - 1, 0, -1):
         maps[f"d{stage}"] = decoder_stage(maps, stage, skip_filters, name=f"{name}_dec", **opts)
@@ -340,8 +381,9 @@ def unet3plus(input_shape, num_classes=1, filters=(64, 128, 256, 512, 1024), ski
     if deep_supervision:
         for j in range(2, depth + 1):
             source = maps[f"d{j}"] if j < depth else maps[f"e{depth}"]
-            outputs[f"side{j}"] = side_output(source, num_classes, 2 ** (j - 1), kernel_size,
-                                              name=f"{name}_side{j}")
+            outputs[f"side{j}"] = side_output(
+                source, num_classes, 2 ** (j - 1), kernel_size, name=f"{name}_side{j}"
+            )
     if cgm:
         outputs["cls"] = cgm_head(maps[f"e{depth}"], cgm_dropout, name=f"{name}_cls")
     if len(outputs) == 1:

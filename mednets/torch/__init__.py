@@ -24,5 +24,4 @@ def count_params(module: torch.nn.Module, trainable_only: bool = False) -> int:
     """
     if not isinstance(module, torch.nn.Module):
         raise ValueError(f"expected a torch.nn.Module, got {type(module).__name__}")
-    return int(sum(p.numel() for p in module.parameters()
-                   if p.requires_grad or not trainable_only))
+    return int(sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only))

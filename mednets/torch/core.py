@@ -40,11 +40,8 @@ def spatial_dims_of(x, in_channels: int | None = None) -> int:
     """
     if x.ndim not in (4, 5):
         raise ValueError(
-            "expected a batched tensor (B, C, H, W) or (B, C, D, H, W), "
-            f"got shape {tuple(x.shape)}"
+            f"expected a batched tensor (B, C, H, W) or (B, C, D, H, W), got shape {tuple(x.shape)}"
         )
     if in_channels is not None and x.shape[1] != in_channels:
-        raise ValueError(
-            f"expected {in_channels} input channels (axis 1), got shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"expected {in_channels} input channels (axis 1), got shape {tuple(x.shape)}")
     return x.ndim - 2

@@ -42,10 +42,21 @@ class H5PatchDataset(Dataset):
         ``dataset[i]`` -> ``(image float32 (C, D, H, W), target)``.
     """
 
-    def __init__(self, store, patch_size=(64, 64, 64), samples_per_epoch=None, foreground_fraction=0.5,
-                 normalise=True, augment=False, target="classes", ids=None, seed=0):
-        self.patches = RandomPatches(store, patch_size, samples_per_epoch, foreground_fraction, normalise,
-                                     augment, target, ids, seed)
+    def __init__(
+        self,
+        store,
+        patch_size=(64, 64, 64),
+        samples_per_epoch=None,
+        foreground_fraction=0.5,
+        normalise=True,
+        augment=False,
+        target="classes",
+        ids=None,
+        seed=0,
+    ):
+        self.patches = RandomPatches(
+            store, patch_size, samples_per_epoch, foreground_fraction, normalise, augment, target, ids, seed
+        )
 
     def __len__(self):
         return len(self.patches)

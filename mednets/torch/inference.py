@@ -46,7 +46,9 @@ def window_starts(size: int, patch: int, step: int) -> list[int]:
     return [int(round(i * (size - patch) / (n - 1))) for i in range(n)]
 
 
-def importance_map(patch_size: Sequence[int], blend: str = "gaussian", sigma_scale: float = 0.125) -> torch.Tensor:
+def importance_map(
+    patch_size: Sequence[int], blend: str = "gaussian", sigma_scale: float = 0.125
+) -> torch.Tensor:
     """Blending weights of one patch, ``patch_size``-shaped, maximum 1.
 
     Args:
@@ -159,7 +161,11 @@ def sliding_window_inference(
             if isinstance(pred, (tuple, list)):
                 pred = pred[0]
             expected = (batch.shape[0], None) + patch_size
-            if pred.ndim != batch.ndim or tuple(pred.shape[2:]) != patch_size or pred.shape[0] != batch.shape[0]:
+            if (
+                pred.ndim != batch.ndim
+                or tuple(pred.shape[2:]) != patch_size
+                or pred.shape[0] != batch.shape[0]
+            ):
                 raise ValueError(
                     f"sliding_window_inference: the model must keep the patch size; expected output "
                     f"{expected} (channels free), got {tuple(pred.shape)}"
@@ -213,7 +219,9 @@ def regions_to_label(regions, threshold: float = 0.5, enhancing_label: int = 4) 
         regions = regions.detach().float().cpu().numpy()
     regions = np.asarray(regions)
     if regions.ndim < 2 or regions.shape[0] != 3:
-        raise ValueError(f"regions_to_label: expected (3, *spatial) in the order WT, TC, ET, got shape {regions.shape}")
+        raise ValueError(
+            f"regions_to_label: expected (3, *spatial) in the order WT, TC, ET, got shape {regions.shape}"
+        )
     if enhancing_label not in (3, 4):
         raise ValueError(f"regions_to_label: enhancing_label must be 3 or 4, got {enhancing_label}")
     wt = regions[0] > threshold

@@ -121,7 +121,9 @@ def inflate_2d_weights(
     if not isinstance(model_3d, nn.Module):
         raise ValueError(f"model_3d must be a torch.nn.Module, got {type(model_3d).__name__}")
     if not isinstance(state_dict_2d, Mapping):
-        raise ValueError(f"state_dict_2d must be a mapping of name -> tensor, got {type(state_dict_2d).__name__}")
+        raise ValueError(
+            f"state_dict_2d must be a mapping of name -> tensor, got {type(state_dict_2d).__name__}"
+        )
     target = model_3d.state_dict()
     new_values, loaded, skipped = {}, [], []
     for key, value in state_dict_2d.items():
@@ -140,8 +142,11 @@ def inflate_2d_weights(
                 loaded.append(key)
     for key in target:
         if key not in state_dict_2d:
-            reason = ("classification head: not in the 2D state dict" if key.startswith(tuple(head_prefixes))
-                      else "not in the 2D state dict: keeps its initial value")
+            reason = (
+                "classification head: not in the 2D state dict"
+                if key.startswith(tuple(head_prefixes))
+                else "not in the 2D state dict: keeps its initial value"
+            )
             skipped.append(SkippedKey(key, reason))
     result = model_3d.load_state_dict(new_values, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys  # only keys of target were loaded

@@ -26,8 +26,10 @@ __all__ = ["soft_dice_loss", "l2_loss", "kl_loss", "nvnet_loss", "NVNetLoss"]
 
 def _check_same_shape(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
     if a.shape != b.shape:
-        raise ValueError(f"{what}: expected prediction and target of the same shape, "
-                         f"got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"{what}: expected prediction and target of the same shape, "
+            f"got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
 
 
 def soft_dice_loss(
@@ -150,7 +152,9 @@ def nvnet_loss(
             raise ValueError(f"nvnet_loss: expected output (seg, recon, mu, sigma), got {len(output)} items")
         seg, recon, mu, sigma = output
         if image is None:
-            raise ValueError("nvnet_loss: the VAE outputs need the input image for the L2 term, got image=None")
+            raise ValueError(
+                "nvnet_loss: the VAE outputs need the input image for the L2 term, got image=None"
+            )
     else:
         seg, recon, mu, sigma = output, None, None, None
     dice = soft_dice_loss(seg, target, smooth=smooth)

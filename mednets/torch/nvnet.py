@@ -148,7 +148,9 @@ class NVNetEncoder(nn.Module):
             # stride-2 conv that halves the size and doubles the channels.
             down = nn.Identity() if i == 0 else conv(ch // 2, ch, kernel_size=3, stride=2, padding=1)
             self.downs.append(down)
-            self.levels.append(nn.Sequential(*[ResBlock(spatial_dims, ch, num_groups) for _ in range(int(n))]))
+            self.levels.append(
+                nn.Sequential(*[ResBlock(spatial_dims, ch, num_groups) for _ in range(int(n))])
+            )
 
     @property
     def downsampling(self) -> int:
@@ -373,9 +375,7 @@ class NVNet(nn.Module):
         else:
             input_shape = tuple(int(s) for s in input_shape)
             if len(input_shape) not in (2, 3):
-                raise ValueError(
-                    f"NVNet: input_shape must have 2 or 3 spatial sizes, got {input_shape}"
-                )
+                raise ValueError(f"NVNet: input_shape must have 2 or 3 spatial sizes, got {input_shape}")
             spatial_dims = len(input_shape)
         _check_groups(init_filters, num_groups, "NVNet init_filters")
         self.in_channels = in_channels
@@ -385,16 +385,33 @@ class NVNet(nn.Module):
         self.use_vae = bool(vae)
         self.apply_sigmoid = sigmoid
         self.encoder = NVNetEncoder(spatial_dims, in_channels, init_filters, blocks, dropout, num_groups)
-        self.decoder = NVNetDecoder(spatial_dims, self.encoder.out_channels[-1], out_channels,
-                                    levels=len(blocks) - 1, skips=True, num_groups=num_groups)
+        self.decoder = NVNetDecoder(
+            spatial_dims,
+            self.encoder.out_channels[-1],
+            out_channels,
+            levels=len(blocks) - 1,
+            skips=True,
+            num_groups=num_groups,
+        )
         if input_shape is not None:
             check_divisible(input_shape, self.divisor, what="NVNet input_shape")
         if self.use_vae:
             bottom = tuple(s // self.encoder.downsampling for s in input_shape)
-            self.vae_bottleneck = VAEBottleneck(spatial_dims, self.encoder.out_channels[-1], bottom,
-                                                latent_dim=latent_dim, num_groups=num_groups)
-            self.vae_decoder = NVNetDecoder(spatial_dims, self.encoder.out_channels[-1], in_channels,
-                                            levels=len(blocks) - 1, skips=False, num_groups=num_groups)
+            self.vae_bottleneck = VAEBottleneck(
+                spatial_dims,
+                self.encoder.out_channels[-1],
+                bottom,
+                latent_dim=latent_dim,
+                num_groups=num_groups,
+            )
+            self.vae_decoder = NVNetDecoder(
+                spatial_dims,
+                self.encoder.out_channels[-1],
+                in_channels,
+                levels=len(blocks) - 1,
+                skips=False,
+                num_groups=num_groups,
+            )
 
     @property
     def divisor(self) -> int:

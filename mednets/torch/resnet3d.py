@@ -171,15 +171,21 @@ class BasicBlock3d(ResidualBlock3d):
         kt = 3 if inflate else 1  # kernel size along depth
         self.spatial_dims, self.inflate, self.with_cp = spatial_dims, bool(inflate), bool(with_cp)
         self.conv1 = conv(
-            in_channels, channels, _dims((kt, 3, 3), spatial_dims),
+            in_channels,
+            channels,
+            _dims((kt, 3, 3), spatial_dims),
             stride=_dims((temporal_stride, spatial_stride, spatial_stride), spatial_dims),
-            padding=_dims((kt // 2, 1, 1), spatial_dims), bias=False,
+            padding=_dims((kt // 2, 1, 1), spatial_dims),
+            bias=False,
         )
         self.bn1 = norm(channels)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv(
-            channels, channels * self.expansion, _dims((kt, 3, 3), spatial_dims),
-            padding=_dims((kt // 2, 1, 1), spatial_dims), bias=False,
+            channels,
+            channels * self.expansion,
+            _dims((kt, 3, 3), spatial_dims),
+            padding=_dims((kt // 2, 1, 1), spatial_dims),
+            bias=False,
         )
         self.bn2 = norm(channels * self.expansion)
         self.downsample = downsample
@@ -254,14 +260,20 @@ class Bottleneck3d(ResidualBlock3d):
         self.spatial_dims, self.inflate, self.with_cp = spatial_dims, bool(inflate), bool(with_cp)
         self.inflate_style = inflate_style
         self.conv1 = conv(
-            in_channels, channels, _dims((kt1, 1, 1), spatial_dims),
-            padding=_dims((kt1 // 2, 0, 0), spatial_dims), bias=False,
+            in_channels,
+            channels,
+            _dims((kt1, 1, 1), spatial_dims),
+            padding=_dims((kt1 // 2, 0, 0), spatial_dims),
+            bias=False,
         )
         self.bn1 = norm(channels)
         self.conv2 = conv(
-            channels, channels, _dims((kt2, 3, 3), spatial_dims),
+            channels,
+            channels,
+            _dims((kt2, 3, 3), spatial_dims),
             stride=_dims((temporal_stride, spatial_stride, spatial_stride), spatial_dims),
-            padding=_dims((kt2 // 2, 1, 1), spatial_dims), bias=False,
+            padding=_dims((kt2 // 2, 1, 1), spatial_dims),
+            bias=False,
         )
         self.bn2 = norm(channels)
         self.conv3 = conv(channels, channels * self.expansion, _dims((1, 1, 1), spatial_dims), bias=False)
@@ -429,9 +441,12 @@ class ResNet3d(nn.Module):
 
         # Stem: (B, C, D, H, W) -> (B, F, D / conv1_stride_t / pool1_stride_t, H / 4, W / 4)
         self.conv1 = conv(
-            in_channels, init_filters, _dims(conv1_kernel, spatial_dims),
+            in_channels,
+            init_filters,
+            _dims(conv1_kernel, spatial_dims),
             stride=_dims((conv1_stride_t, conv1_stride_s, conv1_stride_s), spatial_dims),
-            padding=_dims(tuple(k // 2 for k in conv1_kernel), spatial_dims), bias=False,
+            padding=_dims(tuple(k // 2 for k in conv1_kernel), spatial_dims),
+            bias=False,
         )
         self.bn1 = norm(init_filters)
         self.relu = nn.ReLU(inplace=True)
@@ -447,7 +462,12 @@ class ResNet3d(nn.Module):
         for i, n_blocks in enumerate(stage_blocks):
             channels = init_filters * 2**i
             layer = self._make_layer(
-                block, channels_in, channels, n_blocks, spatial_strides[i], temporal_strides[i],
+                block,
+                channels_in,
+                channels,
+                n_blocks,
+                spatial_strides[i],
+                temporal_strides[i],
                 self.inflate[i],
             )
             self.add_module(f"layer{i + 1}", layer)
@@ -471,15 +491,26 @@ class ResNet3d(nn.Module):
         if spatial_stride != 1 or temporal_stride != 1 or channels_in != channels_out:
             downsample = nn.Sequential(
                 CONV[self.spatial_dims](
-                    channels_in, channels_out, _dims((1, 1, 1), self.spatial_dims),
+                    channels_in,
+                    channels_out,
+                    _dims((1, 1, 1), self.spatial_dims),
                     stride=_dims((temporal_stride, spatial_stride, spatial_stride), self.spatial_dims),
                     bias=False,
                 ),
                 BATCHNORM[self.spatial_dims](channels_out),
             )
         common = dict(inflate_style=self.inflate_style, with_cp=self.with_cp, spatial_dims=self.spatial_dims)
-        blocks = [block(channels_in, channels, spatial_stride, temporal_stride, downsample,
-                        inflate=bool(inflate[0]), **common)]
+        blocks = [
+            block(
+                channels_in,
+                channels,
+                spatial_stride,
+                temporal_stride,
+                downsample,
+                inflate=bool(inflate[0]),
+                **common,
+            )
+        ]
         for j in range(1, n_blocks):
             blocks.append(block(channels_out, channels, inflate=bool(inflate[j]), **common))
         return nn.Sequential(*blocks)
@@ -528,9 +559,7 @@ class ResNet3d(nn.Module):
         """The output of each of the four stages (stage 1 before ``pool2``)."""
         if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
             layout = "(B, C, D, H, W)" if self.spatial_dims == 3 else "(B, C, H, W)"
-            raise ValueError(
-                f"expected input {layout} with C={self.in_channels}, got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"expected input {layout} with C={self.in_channels}, got shape {tuple(x.shape)}")
         x = self.relu(self.bn1(self.conv1(x)))  # (B, F, D / ct, H / 2, W / 2)
         x = self.maxpool(x)  # (B, F, D / ct / pt, H / 4, W / 4)
         outs = []
@@ -585,8 +614,14 @@ def i3d_resnet50(in_channels: int = 3, num_classes: int | None = None, **kwargs)
         >>> tuple(m(torch.zeros(1, 3, 16, 64, 64)).shape)
         (1, 256, 2, 2, 2)
     """
-    settings = dict(conv1_kernel=(5, 7, 7), conv1_stride_t=2, pool1_stride_t=2, with_pool2=True,
-                    inflate=I3D_INFLATE, inflate_style="3x1x1")
+    settings = dict(
+        conv1_kernel=(5, 7, 7),
+        conv1_stride_t=2,
+        pool1_stride_t=2,
+        with_pool2=True,
+        inflate=I3D_INFLATE,
+        inflate_style="3x1x1",
+    )
     settings.update(kwargs)
     return ResNet3d(50, in_channels=in_channels, num_classes=num_classes, spatial_dims=3, **settings)
 
