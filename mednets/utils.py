@@ -6,12 +6,15 @@ seeds a framework only if it has already been imported.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import random
 import sys
+import tempfile
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -23,6 +26,7 @@ __all__ = [
     "nearest_valid_sizes",
     "markdown_table",
     "human_bytes",
+    "atomic_write",
 ]
 
 
@@ -184,3 +188,52 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"  # pragma: no cover
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Write a file atomically: yield a temporary path next to ``path``, then rename it.
+
+    The caller writes the temporary file (by name: h5py, nibabel and ``open`` all take
+    a path). When the ``with`` block ends without an exception, the file gets the
+    permissions a plain ``open`` would give it (``mkstemp`` makes it private, 0600) and
+    is renamed onto ``path`` with :func:`os.replace`, which is atomic on one file
+    system: a reader sees the old file or the new one, never half of one. On any
+    exception (including ``KeyboardInterrupt``) the temporary file is removed and
+    ``path`` is left untouched. The parent folder is created if needed.
+
+    Args:
+        path: The final file.
+        suffix: Suffix of the temporary file (e.g. ``".part"`` for downloads, or
+            ``".nii.gz"`` where a writer infers the format from the name). Defaults to
+            ".tmp".
+
+    Yields:
+        The temporary path (a ``Path`` in the same folder, hidden name
+        ``.{name}.XXXX{suffix}``). It exists, empty, when the block starts.
+
+    Raises:
+        FileNotFoundError: If the block deleted or renamed the temporary file.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> with atomic_write(folder / "a.txt") as tmp:
+        ...     _ = tmp.write_text("done")
+        >>> (folder / "a.txt").read_text(), sorted(p.name for p in folder.iterdir())
+        ('done', ['a.txt'])
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -13,6 +13,7 @@ import pytest
 
 import mednets
 from mednets.utils import (
+    atomic_write,
     check_divisible,
     check_spatial_dims,
     human_bytes,
@@ -287,3 +288,28 @@ def test_set_batchnorm_reaches_nested_layers_and_keeps_epsilon_by_default():
     assert [ly.epsilon for ly in bns] == [1e-5, 1e-5]
     with pytest.raises(ValueError, match=r"\[0, 1\), got 1.0"):
         set_batchnorm(model, 1.0)
+
+
+def test_atomic_write_renames_on_success_and_leaves_target_on_failure(tmp_path):
+    target = tmp_path / "sub" / "out.bin"
+    with atomic_write(target) as tmp:
+        assert tmp.parent == target.parent and tmp != target and tmp.exists()
+        tmp.write_bytes(b"new")
+        assert not target.exists()  # nothing visible until the block ends
+    assert target.read_bytes() == b"new"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()  # as open() would, not mkstemp's 0600
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_write(target, suffix=".part") as tmp:
+            assert tmp.name.endswith(".part")
+            tmp.write_bytes(b"half")
+            raise RuntimeError("boom")
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.bin"]
+
+
+def _umask():
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

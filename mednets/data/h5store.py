@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import h5py
@@ -37,6 +36,7 @@ from mednets.data.brats import (
 )
 from mednets.data.crop import _as_triple, _check_inside, foreground_bbox, sample_patch_start
 from mednets.data.transforms import brain_mask, channel_stats, random_flip_rot90, zscore_normalise
+from mednets.utils import atomic_write
 
 __all__ = ["FORMAT", "convert_to_h5", "H5Volumes", "RandomPatches"]
 
@@ -69,7 +69,8 @@ def _item_from(subject, modalities):
             label = np.asarray(label)
             if label.shape != image.shape[1:]:
                 raise ValueError(
-                    f"subject {sid!r}: label shape {label.shape} must equal image spatial shape {image.shape[1:]}"
+                    f"subject {sid!r}: label shape {label.shape} must equal "
+                    f"image spatial shape {image.shape[1:]}"
                 )
             label = label.astype(np.uint8)
         meta = {
@@ -142,13 +143,6 @@ def _write_subject(group, image, label, meta, crop_foreground, margin, chunks, c
     attrs["label_convention"] = meta["label_convention"] or ""
     attrs["paths"] = json.dumps(meta["paths"])
     attrs["disk_dtypes"] = json.dumps(meta["disk_dtypes"])
-
-
-def _default_permissions(path):
-    """Give a mkstemp file (mode 0600) the permissions a plain ``open`` would have."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def convert_to_h5(
@@ -226,11 +220,8 @@ def convert_to_h5(
     if duplicates:
         raise ValueError(f"subject ids must be unique, got duplicates {duplicates}")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     written, skipped, raw_bytes = [], [], 0
-    try:
+    with atomic_write(path) as tmp:
         if append and path.exists():
             shutil.copyfile(path, tmp)
             mode = "r+"
@@ -245,7 +236,8 @@ def convert_to_h5(
                 existing = tuple(json.loads(f.attrs["modalities"]))
                 if existing != modalities:
                     raise ValueError(
-                        f"cannot append to {path}: it stores modalities {list(existing)}, got {list(modalities)}"
+                        f"cannot append to {path}: it stores modalities {list(existing)}, "
+                        f"got {list(modalities)}"
                     )
             group = f["subjects"]
             bar = tqdm(
@@ -273,12 +265,6 @@ def convert_to_h5(
                 written.append(sid)
             bar.close()
             n_subjects = len(group)
-        _default_permissions(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return {
         "path": str(path),
         "written": written,
@@ -312,7 +298,8 @@ class H5Volumes:
         with self._open() as f:
             if f.attrs.get("format") != FORMAT:
                 raise ValueError(
-                    f"{self.path} is not a mednets store: format {f.attrs.get('format')!r}, expected {FORMAT!r}"
+                    f"{self.path} is not a mednets store: format {f.attrs.get('format')!r}, "
+                    f"expected {FORMAT!r}"
                 )
             self.modalities = tuple(json.loads(f.attrs["modalities"]))
             self.ids = sorted(f["subjects"].keys())
