@@ -9,6 +9,8 @@ from mednets.data.phantoms import make_phantom
 from mednets.data.transforms import (
     brain_mask,
     channel_stats,
+    depth_first,
+    depth_last,
     flip,
     random_flip_rot90,
     rot90,
@@ -96,3 +98,26 @@ def test_transform_errors():
         ValueError, match=r"label shape \(6, 6\) must equal the image's spatial shape \(6, 6, 5\)"
     ):
         flip(image, label[..., 0])
+
+
+def test_depth_first_moves_the_slice_axis_and_depth_last_undoes_it():
+    rng = np.random.default_rng(0)
+    image = rng.random((4, 5, 6, 7))  # (C, X, Y, Z)
+    out = depth_first(image)
+    assert out.shape == (4, 7, 5, 6) and out.flags.c_contiguous and out.dtype == image.dtype
+    # voxel (c, x, y, z) goes to (c, z, x, y)
+    assert out[2, 6, 1, 3] == image[2, 1, 3, 6]
+    np.testing.assert_array_equal(depth_last(out), image)
+    label = rng.integers(0, 4, (5, 6, 7)).astype(np.uint8)
+    out = depth_first(label)
+    assert out.shape == (7, 5, 6) and out.dtype == np.uint8 and out[4, 0, 2] == label[0, 2, 4]
+    np.testing.assert_array_equal(depth_last(out), label)
+    # An axial slice (fixed z) of the volume is a slice along the first spatial axis.
+    np.testing.assert_array_equal(depth_first(image)[:, 3], image[..., 3])
+
+
+@pytest.mark.parametrize("fn", [depth_first, depth_last])
+@pytest.mark.parametrize("shape", [(5, 6), (1, 4, 5, 6, 7)])
+def test_depth_first_and_last_refuse_other_ranks(fn, shape):
+    with pytest.raises(ValueError, match=rf"{fn.__name__}.*\(C, X, Y, Z\).*rank {len(shape)}"):
+        fn(np.zeros(shape))

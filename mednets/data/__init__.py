@@ -29,7 +29,15 @@ from mednets.data.h5store import H5Volumes, RandomPatches, convert_to_h5
 from mednets.data.nifti import load_nifti, orientation, save_nifti
 from mednets.data.phantoms import make_phantom, make_phantom_dataset
 from mednets.data.samples import SampleNotAvailable, sample_brats
-from mednets.data.transforms import brain_mask, flip, random_flip_rot90, rot90, zscore_normalise
+from mednets.data.transforms import (
+    brain_mask,
+    depth_first,
+    depth_last,
+    flip,
+    random_flip_rot90,
+    rot90,
+    zscore_normalise,
+)
 
 __all__ = [
     "DEFAULT_MODALITIES",
@@ -58,6 +66,8 @@ __all__ = [
     "SampleNotAvailable",
     "sample_brats",
     "brain_mask",
+    "depth_first",
+    "depth_last",
     "flip",
     "random_flip_rot90",
     "rot90",

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["brain_mask", "channel_stats", "zscore_normalise", "flip", "rot90", "random_flip_rot90"]
+__all__ = [
+    "brain_mask",
+    "channel_stats",
+    "zscore_normalise",
+    "flip",
+    "rot90",
+    "random_flip_rot90",
+    "depth_first",
+    "depth_last",
+]
 
 
 def brain_mask(image):
@@ -73,7 +82,8 @@ def zscore_normalise(image, mask=None, mean=None, std=None, eps=1e-8):
     std = np.asarray(std, dtype=np.float64)
     if mean.shape != (image.shape[0],) or std.shape != (image.shape[0],):
         raise ValueError(
-            f"mean and std must have {image.shape[0]} entries (one per channel), got {mean.shape} and {std.shape}"
+            f"mean and std must have {image.shape[0]} entries (one per channel), "
+            f"got {mean.shape} and {std.shape}"
         )
     if mask.shape != image.shape[1:]:
         raise ValueError(f"mask shape {mask.shape} must equal the image's spatial shape {image.shape[1:]}")
@@ -152,3 +162,66 @@ def random_flip_rot90(image, label=None, rng=None, flip_axes=(0, 1, 2), rot_axes
         if k:
             image, label = rot90(image, label, k, rot_axes)
     return np.ascontiguousarray(image), None if label is None else np.ascontiguousarray(label)
+
+
+def _depth_axes(x, name: str) -> tuple[int, int]:
+    """The (slice, first spatial) axes of an image ``(C, ...)`` or a label map."""
+    ndim = np.ndim(x)
+    if ndim not in (3, 4):
+        raise ValueError(
+            f"{name} takes an image (C, X, Y, Z) or a label map (X, Y, Z), got shape {np.shape(x)} "
+            f"(rank {ndim}); for a batch, apply it per sample or move the axes yourself"
+        )
+    return ndim - 3, ndim - 1
+
+
+def depth_first(x: np.ndarray) -> np.ndarray:
+    """Move the slice axis z to the first spatial axis: ``(C, X, Y, Z) -> (C, Z, X, Y)``.
+
+    A :mod:`mednets.data` volume is ``(C, X, Y, Z)`` in RAS, with the slice axis z
+    last. Networks whose kernels treat one axis specially (I3D / ResNet3d's
+    ``(t, s, s)`` kernels, ResNet34-UNet's anisotropic levels) take the slice axis
+    as the *first* spatial axis, as mmaction2 and I3D checkpoints do (``t`` = z).
+    Isotropic networks do not care. :func:`depth_last` undoes this.
+
+    Args:
+        x: An image ``(C, X, Y, Z)`` or a label map ``(X, Y, Z)``, any dtype.
+
+    Returns:
+        A contiguous array ``(C, Z, X, Y)`` or ``(Z, X, Y)``, same dtype.
+
+    Raises:
+        ValueError: If ``x`` has rank other than 3 or 4.
+
+    Example:
+        >>> depth_first(np.zeros((4, 240, 240, 155))).shape
+        (4, 155, 240, 240)
+        >>> depth_first(np.zeros((240, 240, 155), np.uint8)).shape
+        (155, 240, 240)
+    """
+    first, last = _depth_axes(x, "depth_first")
+    return np.ascontiguousarray(np.moveaxis(np.asarray(x), last, first))
+
+
+def depth_last(x: np.ndarray) -> np.ndarray:
+    """Undo :func:`depth_first`: ``(C, Z, X, Y) -> (C, X, Y, Z)`` (labels ``(Z, X, Y) -> (X, Y, Z)``).
+
+    Use it on a network's output (logits ``(C, Z, X, Y)``, a label map ``(Z, X, Y)``)
+    to come back to the :mod:`mednets.data` layout, e.g. to save it as NIfTI.
+
+    Args:
+        x: An image ``(C, Z, X, Y)`` or a label map ``(Z, X, Y)``, any dtype.
+
+    Returns:
+        A contiguous array ``(C, X, Y, Z)`` or ``(X, Y, Z)``, same dtype.
+
+    Raises:
+        ValueError: If ``x`` has rank other than 3 or 4.
+
+    Example:
+        >>> x = np.random.default_rng(0).random((2, 5, 6, 7))
+        >>> depth_last(depth_first(x)).shape, bool((depth_last(depth_first(x)) == x).all())
+        ((2, 5, 6, 7), True)
+    """
+    first, last = _depth_axes(x, "depth_last")
+    return np.ascontiguousarray(np.moveaxis(np.asarray(x), first, last))
