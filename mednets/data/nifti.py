@@ -34,7 +34,7 @@ def orientation(affine) -> str:
     return "".join(nib.aff2axcodes(np.asarray(affine)))
 
 
-def load_nifti(path, *, canonical=True, dtype=np.float32):
+def load_nifti(path, *, canonical=True, dtype=np.float32, channels=False):
     """Load a NIfTI file as a NumPy array, by default reoriented to RAS+.
 
     Args:
@@ -44,6 +44,9 @@ def load_nifti(path, *, canonical=True, dtype=np.float32):
         dtype: Output dtype, whatever the dtype on disk (BraTS mixes float32 and
             float64). For integer dtypes the values must be whole numbers in range.
             Defaults to ``np.float32``.
+        channels: Accept a 4D file ``(X, Y, Z, C)`` (the Decathlon's multi-modal
+            images) and return it channels first, ``(C, X, Y, Z)``; a 3D file is then
+            returned as ``(1, X, Y, Z)``. Defaults to False (3D only).
 
     Returns:
         ``(array, affine, info)``: the array in ``dtype``, the (canonical) affine as a
@@ -53,7 +56,7 @@ def load_nifti(path, *, canonical=True, dtype=np.float32):
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file is not valid NIfTI, is not 3D, or its values do not
+        ValueError: If the file is not valid NIfTI, is not 3D (or 4D with ``channels``), or its values do not
             fit an integer ``dtype``; the message names the file.
     """
     path = Path(path)
@@ -70,10 +73,17 @@ def load_nifti(path, *, canonical=True, dtype=np.float32):
         data = np.asanyarray(img.dataobj)
     except Exception as err:  # nibabel raises many types for corrupt files
         raise ValueError(f"{path} is not a valid NIfTI file ({type(err).__name__}: {err})") from err
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise ValueError(f"{path}: expected a 3D volume (X, Y, Z), got shape {data.shape}")
+    if channels:
+        if data.ndim == 3:
+            data = data[..., None]
+        if data.ndim != 4:
+            raise ValueError(f"{path}: expected a 3D or 4D volume (X, Y, Z[, C]), got shape {data.shape}")
+        data = np.moveaxis(data, 3, 0)  # (X, Y, Z, C) -> (C, X, Y, Z)
+    else:
+        if data.ndim == 4 and data.shape[3] == 1:
+            data = data[..., 0]
+        if data.ndim != 3:
+            raise ValueError(f"{path}: expected a 3D volume (X, Y, Z), got shape {data.shape}")
     dtype = np.dtype(dtype)
     if dtype.kind in "iu":
         info = np.iinfo(dtype)

@@ -17,7 +17,16 @@ from pathlib import Path
 
 from mednets.data.brats import Subject, subject_from_dir
 
-__all__ = ["SAMPLE_FILES", "SampleNotAvailable", "cache_dir", "sample_dirs", "download_file", "sample_brats"]
+__all__ = [
+    "SAMPLE_FILES",
+    "CHECKSUMS",
+    "SampleNotAvailable",
+    "cache_dir",
+    "sample_dirs",
+    "file_digest",
+    "download_file",
+    "sample_brats",
+]
 
 _BASE = "https://raw.githubusercontent.com/BrainLesion/BraTS/528ab54e0599e30b831c759fa001eb95c2b053d9"
 
@@ -71,20 +80,41 @@ def sample_dirs() -> list[Path]:
     return dirs
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
+def _complete(directory: Path) -> bool:
+    return all((directory / name).is_file() for name in SAMPLE_FILES)
+
+
+#: Checksum algorithms :func:`download_file` accepts, with the names its messages use.
+CHECKSUMS = {"sha256": "SHA-256", "md5": "MD5"}
+
+
+def file_digest(path, algorithm: str = "sha256") -> str:
+    """The hex digest of a file, read in 1 MiB blocks.
+
+    Args:
+        path: The file.
+        algorithm: ``"sha256"`` or ``"md5"`` (any :func:`hashlib.new` name works).
+            Defaults to ``"sha256"``.
+
+    Returns:
+        The lower-case hex digest.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = (Path(tmp) / "a.txt").write_bytes(b"abc")
+        ...     file_digest(Path(tmp) / "a.txt", "md5")
+        '900150983cd24fb0d6963f7d28e17f72'
+    """
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
 
 
-def _complete(directory: Path) -> bool:
-    return all((directory / name).is_file() for name in SAMPLE_FILES)
-
-
-def download_file(url, dest, sha256, *, opener=None, timeout=60):
-    """Download ``url`` to ``dest`` atomically and check its SHA-256.
+def download_file(url, dest, sha256, *, algorithm="sha256", opener=None, timeout=60):
+    """Download ``url`` to ``dest`` atomically and check its checksum.
 
     The bytes go to a temporary file next to ``dest``, which is renamed to ``dest`` only
     when the checksum matches; on any failure the temporary file is removed and
@@ -93,7 +123,10 @@ def download_file(url, dest, sha256, *, opener=None, timeout=60):
     Args:
         url: Source URL (``https://`` or ``file://``).
         dest: Destination path.
-        sha256: Expected hex digest.
+        sha256: Expected hex digest (of the algorithm named by ``algorithm``; the
+            argument keeps its historical name).
+        algorithm: ``"sha256"`` or ``"md5"`` (the Decathlon publishes MD5 sums).
+            Defaults to ``"sha256"``.
         opener: A function ``opener(url, timeout=...)`` returning a readable binary
             response. Defaults to None (:func:`urllib.request.urlopen`).
         timeout: Seconds. Defaults to 60.
@@ -102,21 +135,26 @@ def download_file(url, dest, sha256, *, opener=None, timeout=60):
         ``dest`` as a ``Path``.
 
     Raises:
-        ValueError: If the checksum differs (the message gives both digests).
+        ValueError: If the checksum differs (the message gives both digests), or
+            ``algorithm`` is unknown.
         OSError: If the download fails (``urllib.error.URLError`` is an ``OSError``).
     """
+    if algorithm not in CHECKSUMS:
+        raise ValueError(f"algorithm must be one of {sorted(CHECKSUMS)}, got {algorithm!r}")
     opener = urllib.request.urlopen if opener is None else opener
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     try:
-        digest = hashlib.sha256()
+        digest = hashlib.new(algorithm)
         with os.fdopen(fd, "wb") as out, opener(url, timeout=timeout) as response:
             for block in iter(lambda: response.read(1 << 20), b""):
                 digest.update(block)
                 out.write(block)
         if digest.hexdigest() != sha256:
-            raise ValueError(f"SHA-256 mismatch for {url}: expected {sha256}, got {digest.hexdigest()}")
+            raise ValueError(
+                f"{CHECKSUMS[algorithm]} mismatch for {url}: expected {sha256}, got {digest.hexdigest()}"
+            )
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp files are private (0600)
@@ -156,7 +194,7 @@ def sample_brats(*, download=True, verify=False, opener=None) -> Subject:
         if _complete(directory):
             if verify:
                 for name, (_, sha) in SAMPLE_FILES.items():
-                    actual = _sha256(directory / name)
+                    actual = file_digest(directory / name)
                     if actual != sha:
                         raise ValueError(
                             f"SHA-256 mismatch for {directory / name}: expected {sha}, got {actual}"
