@@ -18,9 +18,17 @@ from mednets.data.samples import (
     SampleNotAvailable,
     cache_dir,
     download_file,
+    file_digest,
     sample_brats,
     sample_dirs,
 )
+
+
+def shared_data() -> Path:
+    """The shared data folder: $MEDNETS_DATA, else ../shared/data beside the repository."""
+    if os.environ.get("MEDNETS_DATA"):
+        return Path(os.environ["MEDNETS_DATA"])
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture
@@ -166,10 +174,7 @@ def test_offline_error_says_where_to_put_files(isolated, fake_source, monkeypatc
 
 
 def test_real_urls_and_sums_match_the_data_readme():
-    readme = Path(os.environ.get("MEDNETS_DATA", "/nonexistent")) / "README.md"
-    if not readme.is_file():
-        pytest.skip(f"MEDNETS_DATA has no data README ({readme})")
-    text = readme.read_text()
+    text = (shared_data() / "README.md").read_text()
     for name, (url, sha) in SAMPLE_FILES.items():
         assert sha in text, name
         assert url.split("/")[-1] in text
@@ -177,3 +182,50 @@ def test_real_urls_and_sums_match_the_data_readme():
         url.startswith("https://raw.githubusercontent.com/BrainLesion/BraTS/528ab54")
         for url, _ in SAMPLE_FILES.values()
     )
+
+
+def test_md5_download_and_file_digest(tmp_path):
+    src = tmp_path / "archive.tar"
+    src.write_bytes(b"a Decathlon archive" * 1000)
+    md5 = hashlib.md5(src.read_bytes()).hexdigest()
+    assert file_digest(src, "md5") == md5 and file_digest(src) == hashlib.sha256(src.read_bytes()).hexdigest()
+    dest = download_file(src.as_uri(), tmp_path / "out" / "a.tar", md5, algorithm="md5")
+    assert dest.read_bytes() == src.read_bytes()
+    with pytest.raises(
+        ValueError, match=rf"MD5 mismatch for file://.*archive.tar: expected 0{{32}}, got {md5}"
+    ):
+        download_file(src.as_uri(), tmp_path / "out" / "b.tar", "0" * 32, algorithm="md5")
+    assert os.listdir(tmp_path / "out") == ["a.tar"]
+    with pytest.raises(ValueError, match=r"algorithm must be one of \['md5', 'sha256'\], got 'sha1'"):
+        download_file(src.as_uri(), tmp_path / "out" / "c.tar", "0", algorithm="sha1")
+
+
+def test_missing_ok_prints_a_notice_only_when_both_fail(isolated, fake_source, monkeypatch, capsys):
+    def offline(url, timeout):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    assert sample_brats(opener=offline, missing_ok=True) is None
+    notice = capsys.readouterr().out
+    assert notice.startswith("BraTS sample not available: could not download") and "brats-sample" in notice
+    # A download whose checksum does not match is a failure too.
+    table = dict(fake_source)
+    table["t1c.nii.gz"] = (table["t1c.nii.gz"][0], "0" * 64)
+    monkeypatch.setattr(samples, "SAMPLE_FILES", table)
+    assert sample_brats(missing_ok=True) is None
+    assert "SHA-256 mismatch" in capsys.readouterr().out
+    # When the download works (or a copy is on disk), nothing is printed.
+    monkeypatch.setattr(samples, "SAMPLE_FILES", fake_source)
+    assert sample_brats(missing_ok=True).id == "brats-sample"
+    assert sample_brats(missing_ok=True, opener=offline).id == "brats-sample"
+    assert capsys.readouterr().out == ""
+
+
+def test_the_shared_copy_is_used_first(monkeypatch, capsys):
+    monkeypatch.setenv("MEDNETS_DATA", str(shared_data()))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("must not download")
+
+    subject = sample_brats(opener=no_network, missing_ok=True, verify=True)
+    assert subject.label == shared_data() / "brats-sample" / "seg.nii.gz"
+    assert capsys.readouterr().out == ""

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from mednets.data.brats import Subject, subject_from_dir
+from mednets.utils import atomic_write
 
 __all__ = [
     "SAMPLE_FILES",
@@ -116,9 +116,9 @@ def file_digest(path, algorithm: str = "sha256") -> str:
 def download_file(url, dest, sha256, *, algorithm="sha256", opener=None, timeout=60):
     """Download ``url`` to ``dest`` atomically and check its checksum.
 
-    The bytes go to a temporary file next to ``dest``, which is renamed to ``dest`` only
-    when the checksum matches; on any failure the temporary file is removed and
-    ``dest`` is left untouched.
+    The bytes go to a temporary file next to ``dest`` (:func:`mednets.utils.atomic_write`),
+    which is renamed to ``dest`` only when the checksum matches; on any failure the
+    temporary file is removed and ``dest`` is left untouched.
 
     Args:
         url: Source URL (``https://`` or ``file://``).
@@ -143,11 +143,9 @@ def download_file(url, dest, sha256, *, algorithm="sha256", opener=None, timeout
         raise ValueError(f"algorithm must be one of {sorted(CHECKSUMS)}, got {algorithm!r}")
     opener = urllib.request.urlopen if opener is None else opener
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        digest = hashlib.new(algorithm)
-        with os.fdopen(fd, "wb") as out, opener(url, timeout=timeout) as response:
+    digest = hashlib.new(algorithm)
+    with atomic_write(dest, suffix=".part") as tmp:
+        with open(tmp, "wb") as out, opener(url, timeout=timeout) as response:
             for block in iter(lambda: response.read(1 << 20), b""):
                 digest.update(block)
                 out.write(block)
@@ -155,23 +153,23 @@ def download_file(url, dest, sha256, *, algorithm="sha256", opener=None, timeout
             raise ValueError(
                 f"{CHECKSUMS[algorithm]} mismatch for {url}: expected {sha256}, got {digest.hexdigest()}"
             )
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp files are private (0600)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return dest
 
 
-def sample_brats(*, download=True, verify=False, opener=None) -> Subject:
+def sample_brats(*, download=True, verify=False, opener=None, missing_ok=False) -> Subject | None:
     """Return the real BraTS-format sample case as a :class:`~mednets.data.brats.Subject`.
 
     Looks in ``$MEDNETS_DATA/brats-sample``, then in the user cache directory (see
     :func:`cache_dir`); otherwise downloads the five files (about 7 MB) into the cache,
-    checking each SHA-256.
+    checking each SHA-256. It prints nothing when it finds or downloads the case.
+
+    A chapter (on a laptop, in CI, or on Colab) calls ``sample_brats(missing_ok=True)``:
+    the local copy first, then the checked download, and only when both fail a
+    one-line notice on stdout and None, so the chapter can skip its real-data cells::
+
+        subject = sample_brats(missing_ok=True)
+        if subject is not None:
+            image, label, meta = load_subject(subject)
 
     The label map is an algorithm's output (BraTS 2023 convention, 3 = enhancing
     tumour), not a manual annotation.
@@ -181,15 +179,43 @@ def sample_brats(*, download=True, verify=False, opener=None) -> Subject:
         verify: Check the SHA-256 of a copy found on disk too. Defaults to False
             (downloads are always checked).
         opener: Passed to :func:`download_file` (tests use it). Defaults to None.
+        missing_ok: When the case is not on disk and cannot be downloaded (offline,
+            or a download whose checksum does not match), print a notice saying why
+            and where to put the files, and return None instead of raising. Defaults
+            to False.
 
     Returns:
-        The subject, with modalities ``t1``, ``t1ce``, ``t2``, ``flair`` and a label.
+        The subject, with modalities ``t1``, ``t1ce``, ``t2``, ``flair`` and a label;
+        None only with ``missing_ok=True`` when both the local copy and the download fail.
 
     Raises:
         SampleNotAvailable: If no copy exists and it cannot be downloaded; the message
-            says where to put the files.
-        ValueError: If a checksum does not match.
+            says where to put the files (not with ``missing_ok=True``).
+        ValueError: If a checksum does not match (a download's, not with
+            ``missing_ok=True``; a local copy's with ``verify=True``, always).
+
+    Example:
+        >>> import tempfile
+        >>> saved = {k: os.environ.pop(k, None) for k in ("MEDNETS_DATA", "MEDNETS_CACHE")}
+        >>> os.environ["MEDNETS_CACHE"] = tempfile.mkdtemp()  # an empty cache
+        >>> sample_brats(download=False, missing_ok=True)  # nothing on disk, no download
+        BraTS sample not available: the BraTS sample is not on disk and download=False: ...
+        >>> del os.environ["MEDNETS_CACHE"]
+        >>> os.environ.update({k: v for k, v in saved.items() if v is not None})
     """
+    found = _local_sample(verify)
+    if found is not None:
+        return found
+    try:
+        return _download_sample(download, opener)
+    except (SampleNotAvailable, ValueError) as err:
+        if not missing_ok:
+            raise
+        print(f"BraTS sample not available: {err}")
+        return None
+
+
+def _local_sample(verify: bool) -> Subject | None:
     for directory in sample_dirs():
         if _complete(directory):
             if verify:
@@ -200,6 +226,10 @@ def sample_brats(*, download=True, verify=False, opener=None) -> Subject:
                             f"SHA-256 mismatch for {directory / name}: expected {sha}, got {actual}"
                         )
             return subject_from_dir(directory, subject_id=SAMPLE_NAME)
+    return None
+
+
+def _download_sample(download: bool, opener) -> Subject:
     target = cache_dir() / SAMPLE_NAME
     where = " or ".join(str(d) for d in sample_dirs())
     help_text = (
