@@ -8,14 +8,18 @@ SciPy, nibabel and h5py: never PyTorch or TensorFlow (their loaders live in
 
 from mednets.data.brats import (
     DEFAULT_MODALITIES,
+    LABEL_CONVENTIONS,
     MODALITIES,
     REGION_NAMES,
     Subject,
     brats_regions,
+    convention_from_naming,
     find_brats_subjects,
-    label_convention,
     load_subject,
+    regions_to_label,
+    resolve_label_convention,
     subject_from_dir,
+    tumour_classes,
 )
 from mednets.data.crop import (
     crop_or_pad,
@@ -41,14 +45,18 @@ from mednets.data.transforms import (
 
 __all__ = [
     "DEFAULT_MODALITIES",
+    "LABEL_CONVENTIONS",
     "MODALITIES",
     "REGION_NAMES",
     "Subject",
     "brats_regions",
+    "convention_from_naming",
     "find_brats_subjects",
-    "label_convention",
     "load_subject",
+    "regions_to_label",
+    "resolve_label_convention",
     "subject_from_dir",
+    "tumour_classes",
     "crop_or_pad",
     "crop_patch",
     "foreground_bbox",

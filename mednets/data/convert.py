@@ -91,7 +91,8 @@ def main(argv=None):
     print(
         f"wrote {len(summary['written'])} subjects, skipped {len(summary['skipped'])} already present; "
         f"{summary['n_subjects']} in {summary['path']}\n"
-        f"file size {summary['bytes'] / 2**20:.1f} MiB (arrays written: {summary['raw_bytes'] / 2**20:.1f} MiB "
+        f"file size {summary['bytes'] / 2**20:.1f} MiB "
+        f"(arrays written: {summary['raw_bytes'] / 2**20:.1f} MiB "
         f"uncompressed, ratio {ratio:.1f}x) in {seconds:.1f} s"
     )
     return 0

@@ -16,10 +16,18 @@ __all__ = [
     "crop_or_pad",
     "random_crop",
     "sample_patch_start",
+    "as_triple",
+    "check_patch_inside",
 ]
 
 
-def _as_triple(name, value):
+def as_triple(name: str, value) -> tuple[int, int, int]:
+    """``value`` as three ints ``(X, Y, Z)``, or a ``ValueError`` naming ``name``.
+
+    Example:
+        >>> as_triple("size", [4, 5.0, 6])
+        (4, 5, 6)
+    """
     try:
         value = tuple(int(v) for v in value)
     except TypeError:
@@ -74,7 +82,8 @@ def foreground_bbox(mask, margin=0):
     return tuple(start), tuple(stop)
 
 
-def _check_inside(start, size, shape):
+def check_patch_inside(start, size, shape) -> None:
+    """Raise a ``ValueError`` unless the patch ``start:start + size`` lies inside ``shape``."""
     for axis, (s, n, dim) in enumerate(zip(start, size, shape)):
         if n < 1:
             raise ValueError(f"patch size must be >= 1 on every axis, got size {size}")
@@ -97,8 +106,8 @@ def crop_patch(array, start, size):
     """
     array = np.asarray(array)
     shape = _spatial_shape(array)
-    start, size = _as_triple("start", start), _as_triple("size", size)
-    _check_inside(start, size, shape)
+    start, size = as_triple("start", start), as_triple("size", size)
+    check_patch_inside(start, size, shape)
     return array[(...,) + tuple(slice(s, s + n) for s, n in zip(start, size))]
 
 
@@ -127,9 +136,9 @@ def paste_patch(volume, patch, start):
             f"patch leading axes {patch.shape[:-3]} must match the volume's {volume.shape[:-3]} "
             f"(patch shape {patch.shape}, volume shape {volume.shape})"
         )
-    start = _as_triple("start", start)
+    start = as_triple("start", start)
     size = _spatial_shape(patch)
-    _check_inside(start, size, shape)
+    check_patch_inside(start, size, shape)
     volume[(...,) + tuple(slice(s, s + n) for s, n in zip(start, size))] = patch
     return volume
 
@@ -155,7 +164,7 @@ def crop_or_pad(array, shape, pad_value=0):
     """
     array = np.asarray(array)
     in_shape = _spatial_shape(array)
-    shape = _as_triple("shape", shape)
+    shape = as_triple("shape", shape)
     if min(shape) < 1:
         raise ValueError(f"target shape must be >= 1 on every axis, got {shape}")
     out = np.full(array.shape[:-3] + shape, pad_value, dtype=array.dtype)
@@ -203,7 +212,7 @@ def sample_patch_start(shape, size, rng=None, foreground=None, foreground_fracti
     Raises:
         ValueError: If the patch is larger than the volume.
     """
-    shape, size = _as_triple("shape", shape), _as_triple("size", size)
+    shape, size = as_triple("shape", shape), as_triple("size", size)
     if any(n < 1 for n in size) or any(n > d for n, d in zip(size, shape)):
         raise ValueError(f"patch size {size} must be between 1 and the volume shape {shape} on every axis")
     if not 0.0 <= foreground_fraction <= 1.0:
@@ -216,7 +225,8 @@ def sample_patch_start(shape, size, rng=None, foreground=None, foreground_fracti
             foreground = np.argwhere(foreground)
         elif foreground.ndim != 2 or foreground.shape[1] != 3:
             raise ValueError(
-                f"foreground must be coordinates (N, 3) or a mask of shape {shape}, got shape {foreground.shape}"
+                f"foreground must be coordinates (N, 3) or a mask of shape {shape}, "
+                f"got shape {foreground.shape}"
             )
     if foreground is not None and len(foreground) > 0 and rng.random() < foreground_fraction:
         centre = foreground[rng.integers(len(foreground))]

@@ -29,19 +29,28 @@ import numpy as np
 
 from mednets.data.brats import (
     DEFAULT_MODALITIES,
+    LABEL_CONVENTIONS,
     Subject,
-    _normalise_modalities,
-    label_convention,
+    as_label_map,
+    brats_regions,
+    candidate_conventions,
     load_subject,
+    normalise_modalities,
+    resolve_label_convention,
+    tumour_classes,
 )
-from mednets.data.crop import _as_triple, _check_inside, foreground_bbox, sample_patch_start
+from mednets.data.crop import as_triple, check_patch_inside, foreground_bbox, sample_patch_start
 from mednets.data.transforms import brain_mask, channel_stats, random_flip_rot90, zscore_normalise
 from mednets.utils import atomic_write
 
-__all__ = ["FORMAT", "convert_to_h5", "H5Volumes", "RandomPatches"]
+__all__ = ["FORMAT", "PLAIN_LABELS", "convert_to_h5", "H5Volumes", "RandomPatches"]
 
 #: Format tag written to the root attributes.
 FORMAT = "mednets-h5-v1"
+
+#: ``label_convention`` of a store whose labels are plain class indices with no tumour
+#: meaning (e.g. the Decathlon's hippocampus: 0 background, 1 anterior, 2 posterior).
+PLAIN_LABELS = "plain"
 
 #: At most this many foreground coordinates are stored per subject for the sampler.
 MAX_FOREGROUND_POINTS = 20_000
@@ -53,25 +62,41 @@ def _chunk_shape(shape, chunks):
     return tuple(min(int(c), int(s)) for c, s in zip(chunks, shape))
 
 
-def _item_from(subject, modalities):
-    """Load one input item: a Subject, a subject directory, or (id, image, label)."""
+def _item_from(subject, modalities, label_convention, default=None):
+    """Load one input item: a Subject, a subject directory, or (id, image, label).
+
+    ``default`` (the existing store's convention) applies to array labels when
+    ``label_convention`` is None: arrays have no file naming to go by.
+    """
     if isinstance(subject, tuple) and len(subject) == 3:
         sid, image, label = subject
-        image = np.asarray(image, dtype=np.float32)
+        label_convention = label_convention or default
+        where = f"subject {sid!r}"
+        image = np.asarray(image)
+        if image.dtype.kind not in "biuf":
+            raise ValueError(f"{where}: image must hold real numbers, got dtype {image.dtype}")
+        image = image.astype(np.float32, copy=False)
         if image.ndim != 4:
-            raise ValueError(f"subject {sid!r}: image must have shape (C, X, Y, Z), got {image.shape}")
+            raise ValueError(f"{where}: image must have shape (C, X, Y, Z), got {image.shape}")
         if len(modalities) != image.shape[0]:
             raise ValueError(
-                f"subject {sid!r}: image has {image.shape[0]} channels but {len(modalities)} modalities "
+                f"{where}: image has {image.shape[0]} channels but {len(modalities)} modalities "
                 f"{list(modalities)} were given"
             )
+        convention = None
         if label is not None:
-            label = np.asarray(label)
+            label = as_label_map(label, where)
             if label.shape != image.shape[1:]:
                 raise ValueError(
-                    f"subject {sid!r}: label shape {label.shape} must equal "
-                    f"image spatial shape {image.shape[1:]}"
+                    f"{where}: label shape {label.shape} must equal image spatial shape {image.shape[1:]}"
                 )
+            if label.size and (label.min() < 0 or label.max() > 255):
+                raise ValueError(
+                    f"{where}: label values must lie in 0..255 (stored as uint8), "
+                    f"got {int(label.min())}..{int(label.max())}"
+                )
+            if label_convention != PLAIN_LABELS:
+                convention = resolve_label_convention(label, label_convention, where=where)
             label = label.astype(np.uint8)
         meta = {
             "id": str(sid),
@@ -81,14 +106,74 @@ def _item_from(subject, modalities):
             "orientation": "RAS",
             "paths": {},
             "disk_dtypes": {},
-            "label_convention": None if label is None else label_convention(label),
+            "label_convention": convention,
         }
         return image, label, meta
     if isinstance(subject, (Subject, str, os.PathLike)):
-        return load_subject(subject, modalities)
+        if label_convention == PLAIN_LABELS:
+            raise ValueError(
+                f"label_convention={PLAIN_LABELS!r} takes (id, image, label) tuples; got a BraTS subject "
+                f"{_subject_id(subject)!r}, whose labels follow a tumour convention"
+            )
+        return load_subject(subject, modalities, label_convention)
     raise ValueError(
         f"expected a Subject, a directory or an (id, image, label) tuple, got {type(subject).__name__}"
     )
+
+
+def _channel_names(modalities, subjects) -> tuple[str, ...]:
+    """BraTS modality names for BraTS subjects; any distinct names for array tuples."""
+    if not all(isinstance(s, tuple) for s in subjects):
+        return tuple(normalise_modalities(modalities))
+    names = tuple(modalities)
+    if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"modalities must be distinct non-empty channel names, got {list(names)}")
+    return names
+
+
+class _ConventionCheck:
+    """Track the label conventions of the subjects written to one store."""
+
+    def __init__(self, path, stored, explicit):
+        self.path = path
+        self.convention = stored or (None if explicit == PLAIN_LABELS else explicit)
+        self.plain = explicit == PLAIN_LABELS or stored == PLAIN_LABELS
+        if stored and explicit and stored != explicit:
+            raise ValueError(
+                f"cannot append to {path}: it stores label convention {stored!r}, "
+                f"got label_convention={explicit!r}"
+            )
+        self.owners: dict[str, list[str]] = {} if not stored else {stored: ["(the existing store)"]}
+        self.loose: dict[str, list[str]] = {}
+
+    def _mixed(self, sid, theirs):
+        owners = "; ".join(f"{c}: {ids[:5]}" for c, ids in self.owners.items())
+        raise ValueError(
+            f"{self.path}: subjects of different label conventions cannot share a store; subject {sid!r} "
+            f"is {theirs}, but {owners}. Convert them to one convention first, or use separate stores"
+        )
+
+    def add(self, sid, label, convention):
+        if label is None or self.plain:
+            return
+        if convention is None:
+            candidates = candidate_conventions(np.unique(label).tolist())
+            if self.convention is not None and self.convention not in candidates:
+                self._mixed(sid, f"one of {candidates}")
+            self.loose[sid] = candidates
+            return
+        if self.convention not in (None, convention):
+            self._mixed(sid, repr(convention))
+        self.convention = convention
+        self.owners.setdefault(convention, []).append(sid)
+        for other, candidates in self.loose.items():
+            if convention not in candidates:
+                self.owners.setdefault(f"one of {candidates}", []).append(other)
+                self._mixed(sid, repr(convention))
+
+    @property
+    def stored(self) -> str:
+        return PLAIN_LABELS if self.plain else (self.convention or "")
 
 
 def _subject_id(subject):
@@ -150,6 +235,7 @@ def convert_to_h5(
     path,
     *,
     modalities=DEFAULT_MODALITIES,
+    label_convention: str | None = None,
     crop_foreground=False,
     margin=2,
     chunks=(16, 16, 16),
@@ -171,7 +257,16 @@ def convert_to_h5(
             directories, or ``(id, image, label)`` tuples of arrays (image
             ``(C, X, Y, Z)``, label ``(X, Y, Z)`` or None), e.g. phantoms.
         path: Output ``.h5`` file.
-        modalities: Channel order. Defaults to ``("flair", "t1", "t1ce", "t2")``.
+        modalities: Channel names, in order. For BraTS subjects, BraTS modality names
+            (see :data:`~mednets.data.brats.MODALITY_ALIASES`); for array tuples, any
+            distinct names, e.g. ``("MRI",)`` from a Decathlon task's ``dataset.json``.
+            Defaults to ``("flair", "t1", "t1ce", "t2")``.
+        label_convention: ``"brats2018"``, ``"brats2023"`` or ``"msd"`` for tumour
+            labels, :data:`PLAIN_LABELS` (``"plain"``) for class indices with no
+            tumour meaning (stored and sampled as they are), or None: each subject's
+            file naming, else its values (see
+            :func:`~mednets.data.brats.resolve_label_convention`). The store records
+            it, and refuses subjects of different conventions. Defaults to None.
         crop_foreground: Crop each subject to the bounding box of its brain (non-zero
             voxels) and label, plus ``margin``; the crop's corner is stored as ``offset``
             so predictions can be pasted back. Defaults to False.
@@ -195,17 +290,35 @@ def convert_to_h5(
 
     Raises:
         FileExistsError: If ``path`` exists and neither ``append`` nor ``overwrite``.
-        ValueError: On bad input (see :func:`~mednets.data.brats.load_subject`), a
-            duplicated id, or modalities that differ from the existing store's.
+        ValueError: On bad input (see :func:`~mednets.data.brats.load_subject`; the
+            message names the subject), a duplicated id, modalities that differ from
+            the existing store's, or subjects of different label conventions (the
+            message names them).
+
+    Example:
+        >>> import tempfile
+        >>> from mednets.data.phantoms import make_phantom
+        >>> path = Path(tempfile.mkdtemp()) / "ph.h5"
+        >>> image, label = make_phantom((16, 16, 16), seed=0)
+        >>> info = convert_to_h5([("ph0", image, label)], path, progress=False)
+        >>> info["written"], H5Volumes(path).label_convention
+        (['ph0'], 'brats2018')
     """
     from tqdm.auto import tqdm
 
     path = Path(path)
-    modalities = tuple(_normalise_modalities(modalities))
+    subjects = list(subjects)
+    modalities = _channel_names(modalities, subjects)
+    if label_convention is not None and label_convention != PLAIN_LABELS:
+        if label_convention not in LABEL_CONVENTIONS:
+            raise ValueError(
+                f"label_convention must be one of {[*LABEL_CONVENTIONS, PLAIN_LABELS]} or None, "
+                f"got {label_convention!r}"
+            )
     if compression not in _COMPRESSION:
         raise ValueError(f"compression must be one of 'gzip', 'lzf' or None, got {compression!r}")
     compression, level = _COMPRESSION[compression]
-    chunks = _as_triple("chunks", chunks)
+    chunks = as_triple("chunks", chunks)
     if min(chunks) < 1:
         raise ValueError(f"chunks must be >= 1 on every axis, got {chunks}")
     if append and overwrite:
@@ -214,7 +327,6 @@ def convert_to_h5(
         raise FileExistsError(
             f"{path} exists; pass append=True to add subjects or overwrite=True to replace it"
         )
-    subjects = list(subjects)
     ids = [_subject_id(s) for s in subjects]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -232,13 +344,16 @@ def convert_to_h5(
                 f.attrs["format"] = FORMAT
                 f.attrs["modalities"] = json.dumps(list(modalities))
                 f.create_group("subjects")
+                stored = None
             else:
+                stored = f.attrs.get("label_convention") or None
                 existing = tuple(json.loads(f.attrs["modalities"]))
                 if existing != modalities:
                     raise ValueError(
                         f"cannot append to {path}: it stores modalities {list(existing)}, "
                         f"got {list(modalities)}"
                     )
+            conventions = _ConventionCheck(path, stored, label_convention)
             group = f["subjects"]
             bar = tqdm(
                 list(zip(ids, subjects)), desc=f"HDF5 {path.name}", unit="subject", disable=not progress
@@ -248,7 +363,10 @@ def convert_to_h5(
                 if sid in group:
                     skipped.append(sid)
                     continue
-                image, label, meta = _item_from(subject, modalities)
+                image, label, meta = _item_from(subject, modalities, label_convention, stored)
+                conventions.add(sid, label, meta["label_convention"])
+                if conventions.plain:
+                    meta["label_convention"] = PLAIN_LABELS
                 raw_bytes += image.nbytes + (0 if label is None else label.nbytes)
                 _write_subject(
                     group.create_group(sid),
@@ -264,6 +382,7 @@ def convert_to_h5(
                 )
                 written.append(sid)
             bar.close()
+            f.attrs["label_convention"] = conventions.stored
             n_subjects = len(group)
     return {
         "path": str(path),
@@ -303,6 +422,13 @@ class H5Volumes:
                 )
             self.modalities = tuple(json.loads(f.attrs["modalities"]))
             self.ids = sorted(f["subjects"].keys())
+            convention = f.attrs.get("label_convention")
+            if convention is None:  # a store written before conventions were recorded
+                found = {str(f["subjects"][sid].attrs.get("label_convention", "")) for sid in self.ids}
+                convention = next(iter(found - {""}), "") if len(found - {""}) == 1 else ""
+            #: The store's label convention: "brats2018", "brats2023", "msd",
+            #: ``PLAIN_LABELS``, or None (unknown: no labels, or none that differ).
+            self.label_convention = str(convention) or None
             self._shapes = {sid: tuple(f["subjects"][sid]["image"].shape[1:]) for sid in self.ids}
             self._labelled = {sid: "label" in f["subjects"][sid] for sid in self.ids}
 
@@ -395,8 +521,8 @@ class H5Volumes:
             ValueError: If the patch does not lie inside the stored volume.
         """
         group = self._group(sid)
-        start, size = _as_triple("start", start), _as_triple("size", size)
-        _check_inside(start, size, self._shapes[sid])
+        start, size = as_triple("start", start), as_triple("size", size)
+        check_patch_inside(start, size, self._shapes[sid])
         box = tuple(slice(s, s + n) for s, n in zip(start, size))
         image = group["image"][(slice(None),) + box]
         label = group["label"][box] if "label" in group else None
@@ -420,10 +546,13 @@ class RandomPatches:
         foreground_fraction: Share of patches centred on a tumour voxel. Defaults to 0.5.
         normalise: Z-score each channel with the stored brain statistics. Defaults to True.
         augment: Random flips and axial quarter turns. Defaults to False.
-        target: ``"classes"`` gives an int64 map of classes 0..3 (0 background,
-            1 necrotic core, 2 oedema, 3 enhancing, whatever the stored convention);
-            ``"regions"`` gives float32 ``(3, x, y, z)`` WT/TC/ET masks. Defaults to
-            ``"classes"``.
+        target: ``"classes"`` gives an int64 ``(x, y, z)`` map. For tumour labels
+            these are the classes of :func:`~mednets.data.brats.tumour_classes`
+            (0 background, 1 non-enhancing core, 2 oedema, 3 enhancing), mapped from
+            the store's label convention (4 -> 3 for BraTS 2018, 1 <-> 2 for the
+            Decathlon); a :data:`PLAIN_LABELS` store gives its labels as they are.
+            ``"regions"`` gives float32 ``(3, x, y, z)`` WT/TC/ET masks (tumour
+            labels only). Defaults to ``"classes"``.
         ids: Subset of subject ids. Defaults to None (all).
         seed: Base seed. Defaults to 0.
     """
@@ -441,7 +570,7 @@ class RandomPatches:
         seed=0,
     ):
         self.store = store if isinstance(store, H5Volumes) else H5Volumes(store)
-        self.patch_size = _as_triple("patch_size", patch_size)
+        self.patch_size = as_triple("patch_size", patch_size)
         self.ids = list(self.store.ids if ids is None else ids)
         missing = [i for i in self.ids if i not in self.store._shapes]
         if missing:
@@ -456,6 +585,11 @@ class RandomPatches:
                 )
         if target not in ("classes", "regions"):
             raise ValueError(f"target must be 'classes' or 'regions', got {target!r}")
+        if target == "regions" and self.store.label_convention == PLAIN_LABELS:
+            raise ValueError(
+                f"target='regions' needs tumour labels, but {self.store.path} stores plain class labels "
+                f"(label_convention={PLAIN_LABELS!r}); use target='classes'"
+            )
         self.samples_per_epoch = len(self.ids) if samples_per_epoch is None else int(samples_per_epoch)
         self.foreground_fraction = foreground_fraction
         self.normalise = normalise
@@ -475,7 +609,8 @@ class RandomPatches:
     def _subject_info(self, sid):
         if sid not in self._cache:
             meta = self.store.meta(sid)
-            self._cache[sid] = (self.store.foreground(sid), meta["mean"], meta["std"])
+            convention = self.store.label_convention or meta["label_convention"]
+            self._cache[sid] = (self.store.foreground(sid), meta["mean"], meta["std"], convention)
         return self._cache[sid]
 
     def get(self, index, epoch=None):
@@ -485,7 +620,7 @@ class RandomPatches:
         epoch = self.epoch if epoch is None else epoch
         rng = np.random.default_rng([self.seed, epoch, index])
         sid = self.ids[index % len(self.ids)]
-        foreground, mean, std = self._subject_info(sid)
+        foreground, mean, std, convention = self._subject_info(sid)
         start = sample_patch_start(
             self.store._shapes[sid], self.patch_size, rng, foreground, self.foreground_fraction
         )
@@ -496,11 +631,12 @@ class RandomPatches:
             image = zscore_normalise(image, brain_mask(image), mean, std)
         if self.augment:
             image, label = random_flip_rot90(image, label, rng)
+        image = image.astype(np.float32, copy=False)
+        if convention == PLAIN_LABELS:
+            return image, label.astype(np.int64)
+        where = f"subject {sid!r} in {self.store.path}"
         if self.target == "classes":
-            label = np.where(label == 4, 3, label).astype(np.int64)
-            return image.astype(np.float32, copy=False), label
-        from mednets.data.brats import brats_regions
-
-        return image.astype(np.float32, copy=False), brats_regions(label).astype(np.float32)
+            return image, tumour_classes(label, convention, where=where)
+        return image, brats_regions(label, convention, where=where).astype(np.float32)
 
     __getitem__ = get
