@@ -444,6 +444,31 @@ def test_archive_without_dataset_json(tmp_path, isolated, monkeypatch):
     assert _leftovers(isolated) == ["Task99_Toy.tar"]
 
 
+def test_flat_archive_and_incomplete_cache(tmp_path, isolated, monkeypatch):
+    src = make_task(tmp_path / "flat", {"toy_001": toy_case()})
+    archive = tmp_path / "flat.tar"
+    with tarfile.open(archive, "w") as tar:  # dataset.json at the top, plus a top-level ._ file
+        for path in sorted(src.iterdir()):
+            tar.add(path, arcname=path.name)
+        info = tarfile.TarInfo("._Task99_Toy")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"mac"))
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    monkeypatch.setitem(TASKS, "Task99_Toy", DecathlonTask("msd-toy", archive.as_uri(), md5))
+    (isolated / "msd-toy").mkdir(parents=True)
+    (isolated / "msd-toy" / "imagesTr").mkdir()  # an incomplete copy: no dataset.json
+    with pytest.raises(ValueError, match=r"msd-toy exists but is not a complete task .*remove it"):
+        msd_task_dir("Task99_Toy")
+    (isolated / "msd-toy" / "imagesTr").rmdir()  # an empty folder is fine
+    root = msd_task_dir("Task99_Toy")
+    assert [c.case_id for c in decathlon_cases(root)] == ["toy_001"]
+    assert {"dataset.json", "imagesTr", "labelsTr"} <= {p.name for p in root.iterdir()}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert root.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700
+    assert _leftovers(isolated) == ["msd-toy"]
+
+
 def test_offline_error_says_where_to_put_files(tmp_path, isolated, monkeypatch):
     monkeypatch.setenv("MEDNETS_DATA", str(tmp_path / "data"))
 

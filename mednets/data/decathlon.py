@@ -90,6 +90,10 @@ def _task(task: str) -> DecathlonTask:
     return TASKS[task]
 
 
+def _is_hidden(path: Path) -> bool:
+    return path.name.startswith(".")  # macOS "._x.nii.gz" companions, ".DS_Store"
+
+
 def _is_task_dir(directory: Path) -> bool:
     return (directory / "dataset.json").is_file() and (directory / "imagesTr").is_dir()
 
@@ -129,14 +133,28 @@ def _extract_atomically(archive: Path, target: Path) -> None:
     try:
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="data")
-        roots = [tmp] if (tmp / "dataset.json").is_file() else sorted(tmp.glob("*/dataset.json"))
-        if not roots:
-            raise ValueError(f"{archive}: expected a dataset.json at its top or one folder down, found none")
-        root = roots[0] if roots[0] == tmp else roots[0].parent
-        if root == tmp:
-            os.replace(tmp, target)
+        if (tmp / "dataset.json").is_file():
+            root = tmp
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp folders are private (0700)
         else:
-            os.replace(root, target)
+            found = sorted(p.parent for p in tmp.glob("*/dataset.json") if not _is_hidden(p.parent))
+            if not found:
+                raise ValueError(
+                    f"{archive}: expected a dataset.json at its top or one folder down, found none"
+                )
+            root = found[0]
+        if target.exists():
+            if _is_task_dir(target):  # another process finished first
+                return
+            if any(target.iterdir()):
+                raise ValueError(
+                    f"{target} exists but is not a complete task (expected dataset.json and imagesTr/); "
+                    "remove it and call again"
+                )
+            target.rmdir()
+        os.replace(root, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -167,8 +185,9 @@ def msd_task_dir(task: str = "Task04_Hippocampus", *, download: bool = True, ope
         The task folder (holding ``dataset.json``, ``imagesTr/``, ``labelsTr/``).
 
     Raises:
-        ValueError: If ``task`` is unknown, or the archive's MD5 differs (the message
-            gives both digests; nothing is kept).
+        ValueError: If ``task`` is unknown, the archive's MD5 differs (the message
+            gives both digests; nothing is kept), the archive holds no
+            ``dataset.json``, or the cache holds an incomplete copy of the task.
         DecathlonNotAvailable: If there is no copy and it cannot be downloaded; the
             message says where to put the files. A subclass of
             :class:`~mednets.data.samples.SampleNotAvailable`.
@@ -193,6 +212,11 @@ def msd_task_dir(task: str = "Task04_Hippocampus", *, download: bool = True, ope
     )
     if not download:
         raise DecathlonNotAvailable(f"{task} is not on disk and download=False: {help_text}")
+    if target.exists() and any(target.iterdir()):
+        raise ValueError(
+            f"{target} exists but is not a complete task (expected dataset.json and imagesTr/); "
+            "remove it and call again"
+        )
     archive = cache_dir() / f"{task}.tar"
     if archive.is_file() and file_digest(archive, "md5") != spec.md5:
         archive.unlink()  # a stale or corrupt archive: fetch it again
@@ -291,10 +315,6 @@ def _case_id(path: Path) -> str:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
-
-
-def _is_hidden(path: Path) -> bool:
-    return path.name.startswith(".")  # macOS "._x.nii.gz" companions, ".DS_Store"
 
 
 def decathlon_cases(root, *, labelled: bool = True) -> list[DecathlonCase]:
