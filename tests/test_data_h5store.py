@@ -258,3 +258,125 @@ def test_random_patches(store_path):
         RandomPatches(store_path, (8, 8, 8), target="onehot")
     with pytest.raises(IndexError, match="index 9 out of range for 9"):
         patches.get(9)
+
+
+# --- label conventions and non-BraTS stores ---------------------------------------------
+
+
+def _labelled_dir(directory, sid, suffixes, label):
+    """A subject folder with one-voxel-per-value images and the given label map."""
+    directory.mkdir(parents=True)
+    for i, suffix in enumerate(suffixes):
+        save_nifti(np.full(label.shape, i + 1.0, np.float32), np.eye(4), directory / f"{sid}{suffix}.nii.gz")
+    save_nifti(label.astype(np.uint8), np.eye(4), directory / f"{sid}{suffixes[-1][0]}seg.nii.gz")
+
+
+def _tumour(values):
+    """Oedema (6^3) around a core (2^3) with one enhancing voxel; values = (oedema, core, enhancing)."""
+    label = np.zeros((8, 8, 8), np.uint8)
+    label[1:7, 1:7, 1:7], label[3:5, 3:5, 3:5], label[4, 4, 4] = values
+    return label
+
+
+def test_store_records_the_convention_and_the_sampler_follows_it(tmp_path):
+    image = np.ones((4, 8, 8, 8), np.float32)
+    expected = _tumour((2, 1, 3))  # the classes: 1 core, 2 oedema, 3 enhancing
+    for convention, values in (("brats2018", (2, 1, 4)), ("brats2023", (2, 1, 3)), ("msd", (1, 2, 3))):
+        path = tmp_path / f"{convention}.h5"
+        convert_to_h5([("t", image, _tumour(values))], path, label_convention=convention, progress=False)
+        store = H5Volumes(path)
+        assert store.label_convention == convention and store.meta("t")["label_convention"] == convention
+        np.testing.assert_array_equal(store.read("t")[1], _tumour(values))  # stored as on disk
+        patches = RandomPatches(store, (8, 8, 8), normalise=False)
+        np.testing.assert_array_equal(patches[0][1], expected)
+        regions = RandomPatches(store, (8, 8, 8), normalise=False, target="regions")[0][1]
+        assert regions.reshape(3, -1).sum(axis=1).tolist() == [6**3, 2**3, 1]
+
+
+def test_store_refuses_mixed_conventions_naming_the_subjects(tmp_path):
+    label = _tumour((2, 1, 4))
+    _labelled_dir(tmp_path / "old" / "A", "A", ("_t1", "_t1ce", "_t2", "_flair"), label)
+    _labelled_dir(tmp_path / "new" / "B", "B", ("-t1n", "-t1c", "-t2w", "-t2f"), _tumour((2, 1, 3)))
+    subjects = [subject_from_dir(tmp_path / "old" / "A"), subject_from_dir(tmp_path / "new" / "B")]
+    out = tmp_path / "mixed.h5"
+    with pytest.raises(
+        ValueError, match=r"different label conventions .*subject 'B' is 'brats2023'.*brats2018: \['A'\]"
+    ):
+        convert_to_h5(subjects, out, progress=False)
+    assert not out.exists()
+    # Arrays: {0, 3} can only be brats2023 or msd, not the 2018 store's convention.
+    image = np.ones((4, 8, 8, 8), np.float32)
+    only_et = np.zeros((8, 8, 8), np.uint8)
+    only_et[4, 4, 4] = 3
+    with pytest.raises(
+        ValueError, match=r"subject 'b' is one of \['brats2023', 'msd'\], but brats2018: \['a'\]"
+    ):
+        convert_to_h5([("a", image, label), ("b", image, only_et)], out, progress=False)
+    convert_to_h5([("a", image, label)], out, progress=False)
+    with pytest.raises(ValueError, match="stores label convention 'brats2018', got label_convention='msd'"):
+        convert_to_h5([("c", image, label)], out, append=True, label_convention="msd", progress=False)
+
+
+def test_array_route_names_the_subject(tmp_path):
+    image = np.ones((4, 8, 8, 8), np.float32)
+    for label, match in (
+        (_tumour((2, 1, 3)), r"subject 'x': label values \[0, 1, 2, 3\] fit several"),
+        (_tumour((2, 1, 7)), r"subject 'x': label values \[0, 1, 2, 7\] fit no label convention"),
+        (_tumour((2, 1, 4)) * 0.5, r"subject 'x': a label map must hold integers.*\[0.5\]"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            convert_to_h5([("x", image, label)], tmp_path / "x.h5", progress=False)
+    with pytest.raises(ValueError, match=r"subject 'x': label values must lie in 0..255.*0..300"):
+        convert_to_h5([("x", image, np.full((8, 8, 8), 300))], tmp_path / "x.h5", label_convention="plain")
+    with pytest.raises(ValueError, match=r"subject 'x': image must hold real numbers, got dtype complex128"):
+        convert_to_h5([("x", image.astype(complex), None)], tmp_path / "x.h5", progress=False)
+    assert not list(tmp_path.iterdir())
+
+
+def test_one_channel_store_with_plain_labels(tmp_path):
+    # A Decathlon-like task: one channel named in dataset.json, labels 0 background,
+    # 1 anterior, 2 posterior hippocampus (no tumour convention).
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(3):
+        image = rng.random((1, 12, 14, 10)).astype(np.float64) * 100 + 1  # float64, as NumPy makes it
+        label = np.zeros((12, 14, 10), np.int16)  # int16, as some NIfTI files store it
+        label[3:7, 4:9, 2:6] = 1
+        label[7:10, 4:9, 2:6] = 2
+        items.append((f"hippocampus_{i:03d}", image, label))
+    path = tmp_path / "hippo.h5"
+    convert_to_h5(items, path, modalities=("MRI",), label_convention="plain", progress=False)
+    store = H5Volumes(path)
+    assert store.modalities == ("MRI",) and store.label_convention == "plain"
+    np.testing.assert_array_equal(store.read("hippocampus_001")[1], items[1][2])
+    patches = RandomPatches(store, (12, 14, 10), foreground_fraction=1.0)
+    image, target = patches[1]
+    assert image.shape == (1, 12, 14, 10) and target.dtype == np.int64
+    np.testing.assert_array_equal(target, items[1][2])  # labels as they are: 2 stays 2
+    small = RandomPatches(store, (4, 4, 4), samples_per_epoch=6, foreground_fraction=1.0, augment=True)
+    assert all(set(np.unique(small[i][1]).tolist()) <= {0, 1, 2} and small[i][1].any() for i in range(6))
+    with pytest.raises(ValueError, match="target='regions' needs tumour labels.*plain"):
+        RandomPatches(store, (4, 4, 4), target="regions")
+    # Without saying "plain", {0, 1, 2} reads as a tumour and is ambiguous: an error, not a guess.
+    with pytest.raises(ValueError, match="subject 'hippocampus_000'.*pass label_convention="):
+        convert_to_h5(items, tmp_path / "h2.h5", modalities=("MRI",), progress=False)
+    # Appending to a plain store keeps it plain; channel names must match.
+    convert_to_h5([("extra", *items[0][1:])], path, modalities=("MRI",), append=True, progress=False)
+    assert H5Volumes(path).label_convention == "plain"
+    with pytest.raises(ValueError, match=r"it stores modalities \['MRI'\], got \['CT'\]"):
+        convert_to_h5([("more", *items[0][1:])], path, modalities=("CT",), append=True, progress=False)
+    with pytest.raises(ValueError, match="distinct non-empty channel names"):
+        convert_to_h5(items, tmp_path / "h3.h5", modalities=("MRI", "MRI"), label_convention="plain")
+
+
+def test_mednets_data_imports_no_framework():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mednets, mednets.data, mednets.metrics, mednets.data.convert\n"
+        "bad = [m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules]\n"
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -41,6 +41,7 @@ from mednets.data.brats import (
 )
 from mednets.data.crop import as_triple, check_patch_inside, foreground_bbox, sample_patch_start
 from mednets.data.transforms import brain_mask, channel_stats, random_flip_rot90, zscore_normalise
+from mednets.data.transforms import depth_first as to_depth_first
 from mednets.utils import atomic_write
 
 __all__ = ["FORMAT", "PLAIN_LABELS", "convert_to_h5", "H5Volumes", "RandomPatches"]
@@ -555,6 +556,14 @@ class RandomPatches:
             labels only). Defaults to ``"classes"``.
         ids: Subset of subject ids. Defaults to None (all).
         seed: Base seed. Defaults to 0.
+        depth_first: Move the slice axis z to the first spatial axis (image
+            ``(C, z, x, y)``, target ``(z, x, y)``), as networks with ``(t, s, s)``
+            kernels or anisotropic levels expect (see
+            :func:`~mednets.data.transforms.depth_first`). Defaults to False.
+
+    Attributes:
+        output_size: Spatial size of the items: ``patch_size``, or ``(z, x, y)`` with
+            ``depth_first``.
     """
 
     def __init__(
@@ -568,6 +577,7 @@ class RandomPatches:
         target="classes",
         ids=None,
         seed=0,
+        depth_first: bool = False,
     ):
         self.store = store if isinstance(store, H5Volumes) else H5Volumes(store)
         self.patch_size = as_triple("patch_size", patch_size)
@@ -596,6 +606,9 @@ class RandomPatches:
         self.augment = augment
         self.target = target
         self.seed = seed
+        self.depth_first = bool(depth_first)
+        x, y, z = self.patch_size
+        self.output_size = (z, x, y) if self.depth_first else self.patch_size
         self.epoch = 0
         self._cache = {}
 
@@ -614,7 +627,11 @@ class RandomPatches:
         return self._cache[sid]
 
     def get(self, index, epoch=None):
-        """Item ``index``: ``(image float32 (C, x, y, z), target)`` as NumPy arrays."""
+        """Item ``index``: ``(image float32 (C, x, y, z), target)`` as NumPy arrays.
+
+        The target is int64 ``(x, y, z)`` classes or float32 ``(3, x, y, z)`` regions
+        (spatial axes ``(z, x, y)`` with ``depth_first``).
+        """
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         epoch = self.epoch if epoch is None else epoch
@@ -632,6 +649,8 @@ class RandomPatches:
         if self.augment:
             image, label = random_flip_rot90(image, label, rng)
         image = image.astype(np.float32, copy=False)
+        if self.depth_first:
+            image, label = to_depth_first(image), to_depth_first(label)
         if convention == PLAIN_LABELS:
             return image, label.astype(np.int64)
         where = f"subject {sid!r} in {self.store.path}"

@@ -31,6 +31,7 @@ def h5_patch_dataset(
     seed=0,
     epoch=0,
     prefetch=2,
+    depth_first: bool = False,
 ):
     """Build a ``tf.data.Dataset`` of ``(image, target)`` batches, channels-last.
 
@@ -41,34 +42,47 @@ def h5_patch_dataset(
 
     Args:
         store: An :class:`~mednets.data.H5Volumes` or a path to one.
-        patch_size: ``(D, H, W)``. Defaults to ``(64, 64, 64)``.
+        patch_size: ``(X, Y, Z)`` in the store's layout. Defaults to ``(64, 64, 64)``.
         batch_size: Patches per batch. Defaults to 2.
         samples_per_epoch: Patches per pass over the dataset. Defaults to None (one
             per subject).
-        foreground_fraction: Share of tumour-centred patches. Defaults to 0.5.
+        foreground_fraction: Share of patches centred on a labelled voxel. Defaults to 0.5.
         normalise: Z-score with the stored brain statistics. Defaults to True.
         augment: Random flips and quarter turns. Defaults to False.
-        target: ``"classes"`` gives int32 ``(B, D, H, W)`` with classes 0..3;
-            ``"regions"`` gives float32 ``(B, D, H, W, 3)`` WT/TC/ET. Defaults to
-            ``"classes"``.
+        target: ``"classes"`` gives int32 ``(B, X, Y, Z)``: tumour classes 0..3
+            mapped from the store's label convention, or a plain store's labels as
+            they are; ``"regions"`` gives float32 ``(B, X, Y, Z, 3)`` WT/TC/ET.
+            Defaults to ``"classes"``.
         ids: Subset of subject ids. Defaults to None (all).
         seed: Base seed. Defaults to 0.
         epoch: Which epoch's patches to draw; build one dataset per epoch, or use
             ``.repeat()`` to replay the same patches. Defaults to 0.
         prefetch: Batches prefetched. Defaults to 2.
+        depth_first: Give ``(B, Z, X, Y, C)`` batches, slice axis first, for networks
+            with ``(t, s, s)`` kernels or anisotropic levels. Defaults to False.
 
     Returns:
-        A ``tf.data.Dataset`` of ``(image float32 (B, D, H, W, C), target)``.
+        A ``tf.data.Dataset`` of ``(image float32 (B, X, Y, Z, C), target)``; with
+        ``depth_first``, ``(B, Z, X, Y, C)``.
     """
     patches = RandomPatches(
-        store, patch_size, samples_per_epoch, foreground_fraction, normalise, augment, target, ids, seed
+        store,
+        patch_size,
+        samples_per_epoch,
+        foreground_fraction,
+        normalise,
+        augment,
+        target,
+        ids,
+        seed,
+        depth_first=depth_first,
     )
     channels = len(patches.store.modalities)
-    size = patches.patch_size
+    size = patches.output_size
 
     def load(index):
         image, label = patches.get(int(index), epoch=epoch)
-        image = np.moveaxis(image, 0, -1)  # (C, D, H, W) -> (D, H, W, C)
+        image = np.moveaxis(image, 0, -1)  # (C, X, Y, Z) -> (X, Y, Z, C)
         if target == "regions":
             return image, np.ascontiguousarray(np.moveaxis(label, 0, -1))
         return image, label.astype(np.int32)

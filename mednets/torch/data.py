@@ -19,7 +19,7 @@ __all__ = ["H5PatchDataset", "worker_init_fn"]
 
 
 class H5PatchDataset(Dataset):
-    """Random patches ``(C, D, H, W)`` (channels-first) from an :class:`~mednets.data.H5Volumes`.
+    """Random patches ``(C, X, Y, Z)`` (channels-first) from an :class:`~mednets.data.H5Volumes`.
 
     A thin wrapper around :class:`mednets.data.h5store.RandomPatches`: item ``i`` is a
     pure function of ``(seed, epoch, i)``, so runs are reproducible with any number of
@@ -28,18 +28,23 @@ class H5PatchDataset(Dataset):
 
     Args:
         store: An :class:`~mednets.data.H5Volumes` or a path to one.
-        patch_size: ``(D, H, W)``. Defaults to ``(64, 64, 64)``.
+        patch_size: ``(X, Y, Z)`` in the store's layout. Defaults to ``(64, 64, 64)``.
         samples_per_epoch: Items per epoch. Defaults to None (one per subject).
-        foreground_fraction: Share of tumour-centred patches. Defaults to 0.5.
+        foreground_fraction: Share of patches centred on a labelled voxel. Defaults to 0.5.
         normalise: Z-score with the stored brain statistics. Defaults to True.
         augment: Random flips and quarter turns. Defaults to False.
-        target: ``"classes"`` (int64 ``(D, H, W)``, classes 0..3) or ``"regions"``
-            (float32 ``(3, D, H, W)``, WT/TC/ET). Defaults to ``"classes"``.
+        target: ``"classes"`` (int64 ``(X, Y, Z)``: tumour classes 0..3 mapped from
+            the store's label convention, or a plain store's labels as they are) or
+            ``"regions"`` (float32 ``(3, X, Y, Z)``, WT/TC/ET). Defaults to
+            ``"classes"``.
         ids: Subset of subject ids. Defaults to None (all).
         seed: Base seed. Defaults to 0.
+        depth_first: Give ``(C, Z, X, Y)`` items, slice axis first, for networks
+            with ``(t, s, s)`` kernels or anisotropic levels. Defaults to False.
 
     Shapes:
-        ``dataset[i]`` -> ``(image float32 (C, D, H, W), target)``.
+        ``dataset[i]`` -> ``(image float32 (C, X, Y, Z), target)``; with
+        ``depth_first``, ``(C, Z, X, Y)``.
     """
 
     def __init__(
@@ -53,9 +58,19 @@ class H5PatchDataset(Dataset):
         target="classes",
         ids=None,
         seed=0,
+        depth_first: bool = False,
     ):
         self.patches = RandomPatches(
-            store, patch_size, samples_per_epoch, foreground_fraction, normalise, augment, target, ids, seed
+            store,
+            patch_size,
+            samples_per_epoch,
+            foreground_fraction,
+            normalise,
+            augment,
+            target,
+            ids,
+            seed,
+            depth_first=depth_first,
         )
 
     def __len__(self):
