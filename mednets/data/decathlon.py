@@ -191,6 +191,8 @@ def msd_task_dir(task: str = "Task04_Hippocampus", *, download: bool = True, ope
         DecathlonNotAvailable: If there is no copy and it cannot be downloaded; the
             message says where to put the files. A subclass of
             :class:`~mednets.data.samples.SampleNotAvailable`.
+        tarfile.TarError: If extraction fails (a truncated archive, or a member the
+            ``data`` filter refuses); no task folder is left.
 
     Example:
         >>> TASKS["Task04_Hippocampus"].folder
@@ -327,6 +329,9 @@ def decathlon_cases(root, *, labelled: bool = True) -> list[DecathlonCase]:
     name starts with a dot (the archives' macOS ``._*`` companions) are skipped.
     Files are not opened: :func:`load_case` checks them.
 
+    Source: the layout of the Decathlon's archives (Simpson et al. 2019,
+    arXiv:1902.09063, section 2; Antonelli et al., Nat. Commun. 13:4128, 2022).
+
     Args:
         root: The task folder (see :func:`msd_task_dir`).
         labelled: True for the training cases (with labels), False for the test
@@ -393,6 +398,10 @@ def load_case(case: DecathlonCase, *, label_names: dict[int, str] | None = None)
     channels become ``(4, X, Y, Z)``). Labels may be stored as integers or as floats
     with whole values (two Task04 labels are float32). Both go through
     :func:`mednets.data.nifti.load_nifti`, so they are reoriented to RAS+ the same way.
+    Spacings are in mm; intensities are as stored (no normalisation).
+
+    Source: the Decathlon's file conventions (Simpson et al. 2019, arXiv:1902.09063);
+    the dtype mixture is that of the public Task04 training set.
 
     Args:
         case: A :class:`DecathlonCase` from :func:`decathlon_cases`.
