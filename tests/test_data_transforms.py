@@ -121,3 +121,29 @@ def test_depth_first_moves_the_slice_axis_and_depth_last_undoes_it():
 def test_depth_first_and_last_refuse_other_ranks(fn, shape):
     with pytest.raises(ValueError, match=rf"{fn.__name__}.*\(C, X, Y, Z\).*rank {len(shape)}"):
         fn(np.zeros(shape))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int16, np.uint8, np.int64])
+def test_zscore_takes_the_usual_dtypes(dtype):
+    image, _ = make_phantom((16, 16, 16), seed=1)
+    image = (image * 100).astype(dtype)
+    out = zscore_normalise(image)
+    assert out.dtype == np.float32
+    reference = zscore_normalise(image.astype(np.float64))
+    np.testing.assert_allclose(out, reference, atol=1e-5)
+    mask = brain_mask(image)
+    np.testing.assert_allclose(out[:, mask].std(axis=1), 1.0, atol=1e-4)
+
+
+def test_zscore_refuses_complex_and_the_other_normalisers_use_it():
+    with pytest.raises(ValueError, match="real numbers .*got dtype complex128"):
+        zscore_normalise(np.ones((1, 2, 2, 2), complex))
+    # phantom_slices z-scores each subject with zscore_normalise (one function, one epsilon).
+    from mednets.data.phantoms import make_phantom_dataset
+    from mednets.data.slices import phantom_slices
+
+    x, _ = phantom_slices(1, shape=(32, 32, 32), slices_per_subject=1, empty_fraction=0.0, seed=0)
+    images, _ = make_phantom_dataset(1, shape=(32, 32, 32), seed=0)
+    normalised = np.moveaxis(zscore_normalise(images[0]), 0, -1)  # (X, Y, Z, C)
+    matches = [z for z in range(32) if np.allclose(normalised[:, :, z], x[0], atol=1e-6)]
+    assert len(matches) == 1

@@ -15,31 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from mednets.data.phantoms import make_phantom_dataset
+from mednets.data.transforms import zscore_normalise
 
-__all__ = ["normalise_brain", "phantom_slices"]
-
-
-def normalise_brain(image):
-    """Z-score each channel over the brain (voxels non-zero in any channel).
-
-    Args:
-        image: float array ``(C, *spatial)``, 0 outside the brain.
-
-    Returns:
-        float32 array of the same shape, mean 0 and standard deviation 1 inside the
-        brain in every channel, exactly 0 outside.
-    """
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim < 2:
-        raise ValueError(f"expected an image (C, *spatial), got shape {image.shape}")
-    brain = np.any(image != 0, axis=0)
-    out = np.zeros_like(image)
-    if not brain.any():
-        return out
-    for c in range(image.shape[0]):
-        values = image[c][brain]
-        out[c][brain] = (values - values.mean()) / max(float(values.std()), 1e-6)
-    return out
+__all__ = ["phantom_slices"]
 
 
 def phantom_slices(
@@ -93,7 +71,7 @@ def phantom_slices(
     rng = np.random.default_rng([seed, 7919])
     xs, ys = [], []
     for i in range(len(images)):
-        image = normalise_brain(images[i])  # (4, X, Y, Z)
+        image = zscore_normalise(images[i])  # (4, X, Y, Z)
         tumour = labels[i] > 0  # (X, Y, Z)
         brain = np.any(images[i] != 0, axis=0)
         tumour_px = tumour.sum(axis=(0, 1))  # per Z

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mednets.data.transforms import zscore_normalise
+
 __all__ = ["make_elongation_dataset", "middle_axial_slice", "patch_dataset"]
 
 CLASS_NAMES = ("sphere", "elongated")
@@ -104,17 +106,6 @@ def middle_axial_slice(volumes: np.ndarray) -> np.ndarray:
     return volumes[..., volumes.shape[-1] // 2]
 
 
-def _normalise(image: np.ndarray) -> np.ndarray:
-    """Z-score each channel over the non-zero (brain) voxels; background stays 0."""
-    out = np.zeros_like(image, dtype=np.float32)
-    for c, channel in enumerate(image):
-        brain = channel != 0
-        if brain.any():
-            values = channel[brain]
-            out[c][brain] = (values - values.mean()) / (values.std() + 1e-8)
-    return out
-
-
 def patch_dataset(
     image,
     label,
@@ -177,8 +168,8 @@ def patch_dataset(
             f"z_split must leave room for one patch (extent {extent}) on each side of "
             f"z in [0, {image.shape[3]}), got {z_split}"
         )
-    image = _normalise(image)
     brain = image[0] != 0
+    image = zscore_normalise(image)  # over the brain (non-zero in any channel); 0 outside
     rng = np.random.default_rng(seed)
 
     def window(a, corner):

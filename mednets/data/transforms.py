@@ -22,6 +22,13 @@ __all__ = [
 ]
 
 
+def _real_image(image) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype.kind not in "biuf":
+        raise ValueError(f"image must hold real numbers (any int or float dtype), got dtype {image.dtype}")
+    return image
+
+
 def brain_mask(image):
     """Voxels where any channel is non-zero: the brain of a skull-stripped ``(C, X, Y, Z)`` image."""
     image = np.asarray(image)
@@ -40,7 +47,7 @@ def channel_stats(image, mask=None):
     Returns:
         ``(mean, std)``, two float64 arrays of length C.
     """
-    image = np.asarray(image)
+    image = _real_image(image)
     mask = brain_mask(image) if mask is None else np.asarray(mask, dtype=bool)
     if mask.shape != image.shape[1:]:
         raise ValueError(f"mask shape {mask.shape} must equal the image's spatial shape {image.shape[1:]}")
@@ -54,8 +61,12 @@ def channel_stats(image, mask=None):
 def zscore_normalise(image, mask=None, mean=None, std=None, eps=1e-8):
     """Z-score each channel inside the brain: ``(x - mean) / std``, 0 outside.
 
+    This is the book's one brain z-score: :mod:`mednets.data.slices`,
+    :mod:`mednets.data.synthetic` and the HDF5 sampler all call it.
+
     Args:
-        image: ``(C, X, Y, Z)``.
+        image: ``(C, X, Y, Z)``, any real dtype (float64, int16 and uint8 MRI are
+            common); statistics are computed in float64.
         mask: Boolean ``(X, Y, Z)`` region for the statistics and the output.
             Defaults to None (:func:`brain_mask`).
         mean: Per-channel means to use instead of computing them (e.g. whole-volume
@@ -71,8 +82,12 @@ def zscore_normalise(image, mask=None, mean=None, std=None, eps=1e-8):
         >>> x = np.zeros((1, 4, 4, 4), np.float32); x[0, 1:3, 1:3, 1:3] = [[[1, 3]] * 2] * 2
         >>> y = zscore_normalise(x); float(y[0][x[0] > 0].mean()), float(y[0][x[0] > 0].std())
         (0.0, 1.0)
+
+    Raises:
+        ValueError: If ``image`` is not ``(C, X, Y, Z)`` of real numbers, the mask is
+            empty or of another shape, or ``mean``/``std`` lack one entry per channel.
     """
-    image = np.asarray(image)
+    image = _real_image(image)
     mask = brain_mask(image) if mask is None else np.asarray(mask, dtype=bool)
     if (mean is None) != (std is None):
         raise ValueError("pass both mean and std, or neither")
