@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import ndimage
 
 __all__ = ["dice", "hd95", "dice_per_label", "hd95_per_label", "brats_scores"]
@@ -98,7 +99,7 @@ def _as_bool_pair(pred, target, threshold, what):
     return _as_mask(pred, "pred", threshold, what), _as_mask(target, "target", None, what)
 
 
-def dice(pred, target, *, threshold: float | None = None) -> float:
+def dice(pred: ArrayLike, target: ArrayLike, *, threshold: float | None = None) -> float:
     """Dice coefficient ``2 |P & T| / (|P| + |T|)`` of two binary masks.
 
     Args:
@@ -155,7 +156,13 @@ def _directed_percentile(from_surface, to_surface, spacing, q):
     return float(np.percentile(distance[from_surface], q))
 
 
-def hd95(pred, target, spacing=None, *, threshold: float | None = None) -> float:
+def hd95(
+    pred: ArrayLike,
+    target: ArrayLike,
+    spacing: float | Sequence[float] | None = None,
+    *,
+    threshold: float | None = None,
+) -> float:
     """Symmetric 95th-percentile Hausdorff distance between the surfaces of two masks.
 
     The surface of a mask is its set of foreground voxels that touch the background
@@ -224,7 +231,7 @@ def _label_pair(pred, target, labels, what):
     return pred, target, labels
 
 
-def dice_per_label(pred, target, labels: Sequence[int]) -> dict[int, float]:
+def dice_per_label(pred: ArrayLike, target: ArrayLike, labels: Sequence[int]) -> dict[int, float]:
     """Dice of each label of two integer **label maps**: ``dice(pred == l, target == l)``.
 
     Args:
@@ -248,7 +255,12 @@ def dice_per_label(pred, target, labels: Sequence[int]) -> dict[int, float]:
     return {label: dice(pred == label, target == label) for label in labels}
 
 
-def hd95_per_label(pred, target, labels: Sequence[int], spacing=None) -> dict[int, float]:
+def hd95_per_label(
+    pred: ArrayLike,
+    target: ArrayLike,
+    labels: Sequence[int],
+    spacing: float | Sequence[float] | None = None,
+) -> dict[int, float]:
     """HD95 of each label of two integer **label maps**: ``hd95(pred == l, target == l)``.
 
     Args:
@@ -276,7 +288,12 @@ def hd95_per_label(pred, target, labels: Sequence[int], spacing=None) -> dict[in
     return {label: hd95(pred == label, target == label, spacing) for label in labels}
 
 
-def brats_scores(pred_label, true_label, spacing=None, label_convention=None) -> dict:
+def brats_scores(
+    pred_label: ArrayLike,
+    true_label: ArrayLike,
+    spacing: float | Sequence[float] | None = None,
+    label_convention: str | tuple[str | None, str | None] | None = None,
+) -> dict[str, dict[str, float]]:
     """Dice and HD95 for the three BraTS regions (whole tumour, tumour core, enhancing).
 
     Args:

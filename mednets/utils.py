@@ -61,7 +61,7 @@ def seed_everything(seed: int) -> None:
         keras.utils.set_random_seed(seed)
 
 
-def show_source(obj) -> None:
+def show_source(obj: object) -> None:
     """Show the source code of a function, class or module of the package.
 
     In Jupyter (the book, Colab, a local notebook) it renders as highlighted Markdown;

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = [
     "MODALITIES",
@@ -90,7 +92,7 @@ def _where(where: str | os.PathLike | None) -> str:
     return "" if where is None else f"{where}: "
 
 
-def as_label_map(label, where: str | os.PathLike | None = None) -> np.ndarray:
+def as_label_map(label: ArrayLike, where: str | os.PathLike | None = None) -> np.ndarray:
     """A label map as an integer array, or a ``ValueError`` naming the values.
 
     Integer and boolean arrays pass as they are; floats with whole values (a label
@@ -133,7 +135,7 @@ def _label_values(label, where=None) -> tuple[np.ndarray, list[int]]:
     return label, np.unique(label).astype(np.int64).tolist()
 
 
-def convention_from_naming(names) -> str | None:
+def convention_from_naming(names: Iterable[str | os.PathLike]) -> str | None:
     """The BraTS label convention implied by a subject's file names, if any.
 
     BraTS 2023 names its files ``BraTS-GLI-xxxxx-xxx-{t1n,t1c,t2w,t2f,seg}.nii.gz``;
@@ -176,7 +178,7 @@ def _check_convention_name(label_convention) -> None:
         )
 
 
-def candidate_conventions(values) -> list[str]:
+def candidate_conventions(values: Iterable[int]) -> list[str]:
     """The label conventions that hold every value in ``values``.
 
     Example:
@@ -192,7 +194,13 @@ def _read_alike(conventions, values) -> bool:
     return len({tuple(_CLASS_OF[c][v] for v in values) for c in conventions}) == 1
 
 
-def resolve_label_convention(label, label_convention: str | None = None, *, naming=None, where=None):
+def resolve_label_convention(
+    label: ArrayLike,
+    label_convention: str | None = None,
+    *,
+    naming: str | None = None,
+    where: str | os.PathLike | None = None,
+) -> str | None:
     """Decide which label convention a label map uses, and check its values against it.
 
     The rule, in order:
@@ -281,7 +289,9 @@ _DESCRIBE = {
 }
 
 
-def tumour_classes(label, label_convention: str | None = None, *, where=None) -> np.ndarray:
+def tumour_classes(
+    label: ArrayLike, label_convention: str | None = None, *, where: str | os.PathLike | None = None
+) -> np.ndarray:
     """Map a label map of any convention to four tumour classes, the same in all.
 
     Classes: 0 background, 1 tumour core that does not enhance (BraTS's necrotic
@@ -313,7 +323,9 @@ def tumour_classes(label, label_convention: str | None = None, *, where=None) ->
     return lookup[label]
 
 
-def brats_regions(label, label_convention: str | None = None, *, where=None) -> np.ndarray:
+def brats_regions(
+    label: ArrayLike, label_convention: str | None = None, *, where: str | os.PathLike | None = None
+) -> np.ndarray:
     """Turn a tumour label map into the three nested evaluation regions.
 
     The challenge scores whole tumour (WT: every tumour label), tumour core (TC: the
@@ -349,7 +361,7 @@ def brats_regions(label, label_convention: str | None = None, *, where=None) -> 
     return np.stack([whole, core, enhancing])
 
 
-def regions_to_label(regions, label_convention: str, threshold: float = 0.5) -> np.ndarray:
+def regions_to_label(regions: ArrayLike, label_convention: str, threshold: float = 0.5) -> np.ndarray:
     """Turn nested region maps (WT, TC, ET) into a label map of the given convention.
 
     The three sigmoid channels overlap by design (ET inside TC inside WT). A voxel gets
@@ -433,7 +445,7 @@ def _modality_of(filename: str, subject_id: str | None) -> str | None:
 
 def subject_from_dir(
     directory: str | os.PathLike,
-    modalities=MODALITIES,
+    modalities: Sequence[str] = MODALITIES,
     subject_id: str | None = None,
     label_convention: str | None = None,
 ) -> Subject:
@@ -498,7 +510,7 @@ def subject_from_dir(
     return Subject(subject_id, images, found.get("seg"), label_convention or naming)
 
 
-def normalise_modalities(modalities) -> list[str]:
+def normalise_modalities(modalities: Iterable[str]) -> list[str]:
     """Map modality names of any BraTS release to the book's vocabulary.
 
     Args:
@@ -536,7 +548,7 @@ def _is_subject_dir(directory: Path) -> bool:
 
 
 def find_brats_subjects(
-    root: str | os.PathLike, modalities=MODALITIES, label_convention: str | None = None
+    root: str | os.PathLike, modalities: Sequence[str] = MODALITIES, label_convention: str | None = None
 ) -> list[Subject]:
     """Find every BraTS subject under ``root``, sorted by id.
 
@@ -602,7 +614,11 @@ def _check_same_grid(ref_path, ref_shape, ref_affine, path, shape, affine, atol=
         )
 
 
-def load_subject(subject, modalities=DEFAULT_MODALITIES, label_convention: str | None = None):
+def load_subject(
+    subject: Subject | str | os.PathLike,
+    modalities: Sequence[str] = DEFAULT_MODALITIES,
+    label_convention: str | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Load a subject's images and label, in canonical RAS+ orientation.
 
     Args:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 
 from mednets.data.brats import DEFAULT_MODALITIES, find_brats_subjects
 from mednets.data.h5store import convert_to_h5
@@ -22,7 +23,7 @@ from mednets.data.h5store import convert_to_h5
 __all__ = ["build_parser", "main"]
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m mednets.data.convert``."""
     parser = argparse.ArgumentParser(
         prog="python -m mednets.data.convert",
@@ -60,7 +61,7 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the converter; returns the process exit code (0 on success, 1 on bad input)."""
     args = build_parser().parse_args(argv)
     start = time.perf_counter()

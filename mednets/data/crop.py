@@ -7,7 +7,10 @@ Every function works on the *last three* axes, so the same call crops an image
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = [
     "foreground_bbox",
@@ -21,7 +24,7 @@ __all__ = [
 ]
 
 
-def as_triple(name: str, value) -> tuple[int, int, int]:
+def as_triple(name: str, value: Sequence[int]) -> tuple[int, int, int]:
     """``value`` as three ints ``(X, Y, Z)``, or a ``ValueError`` naming ``name``.
 
     Example:
@@ -45,7 +48,9 @@ def _spatial_shape(array):
     return tuple(array.shape[-3:])
 
 
-def foreground_bbox(mask, margin=0):
+def foreground_bbox(
+    mask: ArrayLike, margin: int | Sequence[int] = 0
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The bounding box of the non-zero voxels, grown by ``margin`` and clipped.
 
     Args:
@@ -82,7 +87,7 @@ def foreground_bbox(mask, margin=0):
     return tuple(start), tuple(stop)
 
 
-def check_patch_inside(start, size, shape) -> None:
+def check_patch_inside(start: Sequence[int], size: Sequence[int], shape: Sequence[int]) -> None:
     """Raise a ``ValueError`` unless the patch ``start:start + size`` lies inside ``shape``."""
     for axis, (s, n, dim) in enumerate(zip(start, size, shape)):
         if n < 1:
@@ -94,7 +99,7 @@ def check_patch_inside(start, size, shape) -> None:
             )
 
 
-def crop_patch(array, start, size):
+def crop_patch(array: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
     """Cut the patch ``array[..., start:start + size]`` (last three axes); a view.
 
     Raises:
@@ -111,7 +116,7 @@ def crop_patch(array, start, size):
     return array[(...,) + tuple(slice(s, s + n) for s, n in zip(start, size))]
 
 
-def paste_patch(volume, patch, start):
+def paste_patch(volume: np.ndarray, patch: ArrayLike, start: Sequence[int]) -> np.ndarray:
     """Write ``patch`` into ``volume`` at ``start`` (in place), the inverse of :func:`crop_patch`.
 
     Args:
@@ -143,7 +148,7 @@ def paste_patch(volume, patch, start):
     return volume
 
 
-def crop_or_pad(array, shape, pad_value=0):
+def crop_or_pad(array: ArrayLike, shape: Sequence[int], pad_value: float = 0) -> np.ndarray:
     """Centre-crop or pad the last three axes to ``shape``.
 
     Along each axis the array is cropped (if larger) or padded with ``pad_value`` (if
@@ -186,7 +191,13 @@ def _rng(rng):
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
 
-def sample_patch_start(shape, size, rng=None, foreground=None, foreground_fraction=0.5):
+def sample_patch_start(
+    shape: Sequence[int],
+    size: Sequence[int],
+    rng: np.random.Generator | int | None = None,
+    foreground: ArrayLike | None = None,
+    foreground_fraction: float = 0.5,
+) -> tuple[int, int, int]:
     """Pick the corner of a random patch that lies inside the volume.
 
     With probability ``foreground_fraction`` (and when ``foreground`` has points) the
@@ -236,7 +247,13 @@ def sample_patch_start(shape, size, rng=None, foreground=None, foreground_fracti
     return tuple(int(s) for s in start)
 
 
-def random_crop(image, label=None, size=(64, 64, 64), rng=None, foreground_fraction=0.0):
+def random_crop(
+    image: ArrayLike,
+    label: ArrayLike | None = None,
+    size: Sequence[int] = (64, 64, 64),
+    rng: np.random.Generator | int | None = None,
+    foreground_fraction: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int, int]]:
     """Crop the same random patch from an image and (optionally) its label.
 
     Args:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import h5py
@@ -154,7 +155,7 @@ class _ConventionCheck:
             f"is {theirs}, but {owners}. Convert them to one convention first, or use separate stores"
         )
 
-    def add(self, sid, label, convention):
+    def add(self, sid: str, label: np.ndarray | None, convention: str | None) -> None:
         if label is None or self.plain:
             return
         if convention is None:
@@ -232,19 +233,19 @@ def _write_subject(group, image, label, meta, crop_foreground, margin, chunks, c
 
 
 def convert_to_h5(
-    subjects,
-    path,
+    subjects: Iterable[Subject | str | os.PathLike | tuple],
+    path: str | os.PathLike,
     *,
-    modalities=DEFAULT_MODALITIES,
+    modalities: Sequence[str] = DEFAULT_MODALITIES,
     label_convention: str | None = None,
-    crop_foreground=False,
-    margin=2,
-    chunks=(16, 16, 16),
-    compression="lzf",
-    append=False,
-    overwrite=False,
-    progress=True,
-):
+    crop_foreground: bool = False,
+    margin: int = 2,
+    chunks: Sequence[int] = (16, 16, 16),
+    compression: str | None = "lzf",
+    append: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
     """Convert subjects into one chunked, compressed HDF5 store, atomically.
 
     The file is written to a temporary name in the same directory and renamed to
@@ -410,7 +411,7 @@ class H5Volumes:
         >>> image, label = store.read_patch(store.ids[0], (10, 20, 30), (64, 64, 64))  # doctest: +SKIP
     """
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"HDF5 store not found: {self.path}")
@@ -437,12 +438,12 @@ class H5Volumes:
         return h5py.File(self.path, "r")
 
     @property
-    def file(self):
+    def file(self) -> h5py.File:
         if self._file is None:
             self._file = self._open()
         return self._file
 
-    def close(self):
+    def close(self) -> None:
         """Close the file handle (it reopens on the next read)."""
         if self._file is not None:
             self._file.close()
@@ -472,17 +473,17 @@ class H5Volumes:
             )
         return self.file["subjects"][sid]
 
-    def shape(self, sid):
+    def shape(self, sid: str) -> tuple[int, int, int]:
         """Spatial shape ``(X, Y, Z)`` of a stored subject (after any crop)."""
         self._group(sid)
         return self._shapes[sid]
 
-    def has_label(self, sid):
+    def has_label(self, sid: str) -> bool:
         """Whether the subject was stored with a label map."""
         self._group(sid)
         return self._labelled[sid]
 
-    def meta(self, sid):
+    def meta(self, sid: str) -> dict:
         """The subject's metadata (affine, spacing, orientation, offset, statistics...)."""
         attrs = self._group(sid).attrs
         out = {}
@@ -496,18 +497,20 @@ class H5Volumes:
         out["shape"] = self._shapes[sid]
         return out
 
-    def foreground(self, sid):
+    def foreground(self, sid: str) -> np.ndarray:
         """A sample (up to 20,000) of labelled voxel coordinates, int32 ``(N, 3)``."""
         group = self._group(sid)
         return group["foreground"][()] if "foreground" in group else np.zeros((0, 3), np.int32)
 
-    def read(self, sid):
+    def read(self, sid: str) -> tuple[np.ndarray, np.ndarray | None]:
         """The whole subject: ``(image float32 (C, X, Y, Z), label uint8 (X, Y, Z) or None)``."""
         group = self._group(sid)
         label = group["label"][()] if "label" in group else None
         return group["image"][()], label
 
-    def read_patch(self, sid, start, size):
+    def read_patch(
+        self, sid: str, start: Sequence[int], size: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Read one patch; HDF5 decompresses only the chunks the patch overlaps.
 
         Args:
@@ -568,17 +571,17 @@ class RandomPatches:
 
     def __init__(
         self,
-        store,
-        patch_size=(64, 64, 64),
-        samples_per_epoch=None,
-        foreground_fraction=0.5,
-        normalise=True,
-        augment=False,
-        target="classes",
-        ids=None,
-        seed=0,
+        store: H5Volumes | str | os.PathLike,
+        patch_size: Sequence[int] = (64, 64, 64),
+        samples_per_epoch: int | None = None,
+        foreground_fraction: float = 0.5,
+        normalise: bool = True,
+        augment: bool = False,
+        target: str = "classes",
+        ids: Sequence[str] | None = None,
+        seed: int = 0,
         depth_first: bool = False,
-    ):
+    ) -> None:
         self.store = store if isinstance(store, H5Volumes) else H5Volumes(store)
         self.patch_size = as_triple("patch_size", patch_size)
         self.ids = list(self.store.ids if ids is None else ids)
@@ -615,7 +618,7 @@ class RandomPatches:
     def __len__(self):
         return self.samples_per_epoch
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
         """Draw different patches in each epoch (items stay reproducible per epoch)."""
         self.epoch = int(epoch)
 
@@ -626,7 +629,7 @@ class RandomPatches:
             self._cache[sid] = (self.store.foreground(sid), meta["mean"], meta["std"], convention)
         return self._cache[sid]
 
-    def get(self, index, epoch=None):
+    def get(self, index: int, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Item ``index``: ``(image float32 (C, x, y, z), target)`` as NumPy arrays.
 
         The target is int64 ``(x, y, z)`` classes or float32 ``(3, x, y, z)`` regions

@@ -12,6 +12,8 @@ Channel order is ``(flair, t1, t1ce, t2)``; labels follow the BraTS 2018 convent
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 __all__ = ["PHANTOM_CHANNELS", "TISSUE_CONTRAST", "make_phantom", "make_phantom_dataset"]
@@ -64,7 +66,9 @@ def _wobble(x, y, z, rng, amplitude):
     return amplitude * (np.sin(f[0] * x + p[0]) * np.cos(f[1] * y + p[1]) + np.sin(f[2] * z + p[2])) / 2
 
 
-def make_phantom(shape=(64, 64, 64), seed=0, tumour=True):
+def make_phantom(
+    shape: Sequence[int] = (64, 64, 64), seed: int = 0, tumour: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Make one synthetic BraTS-like subject.
 
     Args:
@@ -146,7 +150,9 @@ def make_phantom(shape=(64, 64, 64), seed=0, tumour=True):
     return image.astype(np.float32, copy=False), label
 
 
-def make_phantom_dataset(n, shape=(64, 64, 64), seed=0, empty_fraction=0.2):
+def make_phantom_dataset(
+    n: int, shape: Sequence[int] = (64, 64, 64), seed: int = 0, empty_fraction: float = 0.2
+) -> tuple[np.ndarray, np.ndarray]:
     """Make ``n`` phantom subjects, a fraction of them without tumour.
 
     Subject ``i`` is built from a seed derived from ``(seed, i)``; which subjects are

@@ -12,6 +12,8 @@ For PyTorch, move the last axis to the front (``np.moveaxis(x, -1, 1)``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from mednets.data.phantoms import make_phantom_dataset
@@ -21,14 +23,14 @@ __all__ = ["phantom_slices"]
 
 
 def phantom_slices(
-    n_subjects,
-    shape=(64, 64, 64),
-    slices_per_subject=8,
-    empty_fraction=0.25,
-    seed=0,
-    min_tumour_pixels=20,
-    min_brain_fraction=0.1,
-):
+    n_subjects: int,
+    shape: Sequence[int] = (64, 64, 64),
+    slices_per_subject: int = 8,
+    empty_fraction: float = 0.25,
+    seed: int = 0,
+    min_tumour_pixels: int = 20,
+    min_brain_fraction: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray]:
     """Axial slices of phantom subjects, with whole-tumour masks.
 
     Each subject (all with a tumour, from :func:`make_phantom_dataset`) is z-scored

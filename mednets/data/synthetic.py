@@ -11,7 +11,10 @@ Arrays follow the book's data convention: channels first, axes (C, X, Y, Z), z l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from mednets.data.transforms import zscore_normalise
 
@@ -22,13 +25,13 @@ CLASS_NAMES = ("sphere", "elongated")
 
 def make_elongation_dataset(
     n: int,
-    shape=(24, 24, 24),
+    shape: Sequence[int] = (24, 24, 24),
     seed: int = 0,
     noise: float = 0.5,
-    radius=(2.5, 5.0),
-    elongation=(1.8, 2.6),
+    radius: tuple[float, float] = (2.5, 5.0),
+    elongation: tuple[float, float] = (1.8, 2.6),
     jitter: int = 2,
-):
+) -> tuple[np.ndarray, np.ndarray]:
     """Spheres against ellipsoids stretched along z, with the same axial cross-section.
 
     Each volume holds one bright object in Gaussian noise. Class 0 is a sphere of
@@ -107,8 +110,8 @@ def middle_axial_slice(volumes: np.ndarray) -> np.ndarray:
 
 
 def patch_dataset(
-    image,
-    label,
+    image: ArrayLike,
+    label: ArrayLike,
     patch_size: int = 16,
     step: int = 2,
     n_per_class: int = 64,
@@ -116,7 +119,7 @@ def patch_dataset(
     min_tumour: float = 0.2,
     min_brain: float = 0.7,
     seed: int = 0,
-):
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Tumour against healthy-tissue patches, with train and test from disjoint z ranges.
 
     A patch covers ``patch_size * step`` voxels per axis, sampled every ``step`` voxels

@@ -8,7 +8,10 @@ Spatial augmentations must move the image and its label together.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = [
     "brain_mask",
@@ -29,7 +32,7 @@ def _real_image(image) -> np.ndarray:
     return image
 
 
-def brain_mask(image):
+def brain_mask(image: ArrayLike) -> np.ndarray:
     """Voxels where any channel is non-zero: the brain of a skull-stripped ``(C, X, Y, Z)`` image."""
     image = np.asarray(image)
     if image.ndim != 4:
@@ -37,7 +40,7 @@ def brain_mask(image):
     return np.any(image != 0, axis=0)
 
 
-def channel_stats(image, mask=None):
+def channel_stats(image: ArrayLike, mask: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and standard deviation inside ``mask``.
 
     Args:
@@ -58,7 +61,13 @@ def channel_stats(image, mask=None):
     return values.mean(axis=1), values.std(axis=1)
 
 
-def zscore_normalise(image, mask=None, mean=None, std=None, eps=1e-8):
+def zscore_normalise(
+    image: ArrayLike,
+    mask: ArrayLike | None = None,
+    mean: ArrayLike | None = None,
+    std: ArrayLike | None = None,
+    eps: float = 1e-8,
+) -> np.ndarray:
     """Z-score each channel inside the brain: ``(x - mean) / std``, 0 outside.
 
     This is the book's one brain z-score: :mod:`mednets.data.slices`,
@@ -120,7 +129,9 @@ def _check_pair(image, label):
     return image
 
 
-def flip(image, label=None, axes=(0,)):
+def flip(
+    image: ArrayLike, label: ArrayLike | None = None, axes: Sequence[int] = (0,)
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Mirror image ``(C, X, Y, Z)`` and label ``(X, Y, Z)`` along spatial ``axes`` (0, 1, 2).
 
     Returns contiguous copies ``(image, label)`` (PyTorch cannot wrap negative strides).
@@ -135,7 +146,9 @@ def flip(image, label=None, axes=(0,)):
     return image, label
 
 
-def rot90(image, label=None, k=1, axes=(0, 1)):
+def rot90(
+    image: ArrayLike, label: ArrayLike | None = None, k: int = 1, axes: Sequence[int] = (0, 1)
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Rotate image and label by ``k`` quarter turns in the plane of two spatial axes.
 
     An odd ``k`` swaps the sizes of the two axes. Returns contiguous copies.
@@ -150,7 +163,13 @@ def rot90(image, label=None, k=1, axes=(0, 1)):
     return image, label
 
 
-def random_flip_rot90(image, label=None, rng=None, flip_axes=(0, 1, 2), rot_axes=(0, 1)):
+def random_flip_rot90(
+    image: ArrayLike,
+    label: ArrayLike | None = None,
+    rng: np.random.Generator | int | None = None,
+    flip_axes: Sequence[int] = (0, 1, 2),
+    rot_axes: Sequence[int] | None = (0, 1),
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Random flips (each axis with probability 1/2) and a random quarter-turn rotation.
 
     The same transform moves the image and the label. A rotation is drawn only when
@@ -190,7 +209,7 @@ def _depth_axes(x, name: str) -> tuple[int, int]:
     return ndim - 3, ndim - 1
 
 
-def depth_first(x: np.ndarray) -> np.ndarray:
+def depth_first(x: ArrayLike) -> np.ndarray:
     """Move the slice axis z to the first spatial axis: ``(C, X, Y, Z) -> (C, Z, X, Y)``.
 
     A :mod:`mednets.data` volume is ``(C, X, Y, Z)`` in RAS, with the slice axis z
@@ -218,7 +237,7 @@ def depth_first(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(np.asarray(x), last, first))
 
 
-def depth_last(x: np.ndarray) -> np.ndarray:
+def depth_last(x: ArrayLike) -> np.ndarray:
     """Undo :func:`depth_first`: ``(C, Z, X, Y) -> (C, X, Y, Z)`` (labels ``(Z, X, Y) -> (X, Y, Z)``).
 
     Use it on a network's output (logits ``(C, Z, X, Y)``, a label map ``(Z, X, Y)``)

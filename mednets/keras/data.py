@@ -10,29 +10,32 @@ Example:
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+
 import numpy as np
 import tensorflow as tf
 
-from mednets.data.h5store import RandomPatches
+from mednets.data.h5store import H5Volumes, RandomPatches
 
 __all__ = ["h5_patch_dataset"]
 
 
 def h5_patch_dataset(
-    store,
-    patch_size=(64, 64, 64),
-    batch_size=2,
-    samples_per_epoch=None,
-    foreground_fraction=0.5,
-    normalise=True,
-    augment=False,
-    target="classes",
-    ids=None,
-    seed=0,
-    epoch=0,
-    prefetch=2,
+    store: H5Volumes | str | os.PathLike,
+    patch_size: Sequence[int] = (64, 64, 64),
+    batch_size: int = 2,
+    samples_per_epoch: int | None = None,
+    foreground_fraction: float = 0.5,
+    normalise: bool = True,
+    augment: bool = False,
+    target: str = "classes",
+    ids: Sequence[str] | None = None,
+    seed: int = 0,
+    epoch: int = 0,
+    prefetch: int = 2,
     depth_first: bool = False,
-):
+) -> tf.data.Dataset:
     """Build a ``tf.data.Dataset`` of ``(image, target)`` batches, channels-last.
 
     Items come from :class:`mednets.data.h5store.RandomPatches` (the same sampler as the

@@ -10,10 +10,13 @@ Example:
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+
 import torch
 from torch.utils.data import Dataset
 
-from mednets.data.h5store import RandomPatches
+from mednets.data.h5store import H5Volumes, RandomPatches
 
 __all__ = ["H5PatchDataset", "worker_init_fn"]
 
@@ -49,17 +52,17 @@ class H5PatchDataset(Dataset):
 
     def __init__(
         self,
-        store,
-        patch_size=(64, 64, 64),
-        samples_per_epoch=None,
-        foreground_fraction=0.5,
-        normalise=True,
-        augment=False,
-        target="classes",
-        ids=None,
-        seed=0,
+        store: H5Volumes | str | os.PathLike,
+        patch_size: Sequence[int] = (64, 64, 64),
+        samples_per_epoch: int | None = None,
+        foreground_fraction: float = 0.5,
+        normalise: bool = True,
+        augment: bool = False,
+        target: str = "classes",
+        ids: Sequence[str] | None = None,
+        seed: int = 0,
         depth_first: bool = False,
-    ):
+    ) -> None:
         self.patches = RandomPatches(
             store,
             patch_size,
@@ -76,15 +79,15 @@ class H5PatchDataset(Dataset):
     def __len__(self):
         return len(self.patches)
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
         """Select the patches of ``epoch`` (call before iterating)."""
         self.patches.set_epoch(epoch)
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, target = self.patches.get(index)
         return torch.from_numpy(image), torch.from_numpy(target)
 
 
-def worker_init_fn(worker_id):
+def worker_init_fn(worker_id: int) -> None:
     """Optional ``DataLoader(worker_init_fn=...)``: limit each worker to one thread."""
     torch.set_num_threads(1)
