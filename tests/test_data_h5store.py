@@ -380,3 +380,16 @@ def test_mednets_data_imports_no_framework():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_cli_label_convention(tmp_path, capsys):
+    # 2023 naming, but the labels hold 4: the converter refuses, unless told.
+    folder = tmp_path / "data" / "BraTS-GLI-00001-000"
+    _labelled_dir(folder, "BraTS-GLI-00001-000", ("-t1n", "-t1c", "-t2w", "-t2f"), _tumour((2, 1, 4)))
+    out = tmp_path / "out.h5"
+    assert convert_main([str(tmp_path / "data"), str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "'BraTS-GLI-00001-000'" in err and "[4] are not in the 'brats2023' convention" in err
+    assert not out.exists()
+    assert convert_main([str(tmp_path / "data"), str(out), "--quiet", "--label-convention", "brats2018"]) == 0
+    assert H5Volumes(out).label_convention == "brats2018"

@@ -1,7 +1,15 @@
-"""BraTS label conventions and tumour regions.
+"""BraTS subjects, tumour label conventions and tumour regions.
 
 BraTS label maps use 0 background, 1 necrotic (non-enhancing) tumour core, 2 peritumoral
-oedema and one value for the enhancing tumour: 4 in BraTS 2018-2021, 3 in BraTS 2023.
+oedema and one value for the enhancing tumour: 4 in BraTS 2018-2021, 3 in BraTS 2023
+(and BraTS 2024 uses 4 for the resection cavity). The Medical Segmentation Decathlon's
+brain-tumour task (Task01) numbers them differently: 1 oedema, 2 non-enhancing tumour,
+3 enhancing tumour. The same value means different things, so every function that
+reads tumour labels takes one ``label_convention`` argument: ``"brats2018"``,
+``"brats2023"`` or ``"msd"`` (see :data:`LABEL_CONVENTIONS`). When it is not given, it
+comes from the file naming, then from the values where they are unambiguous; otherwise
+it is a ``ValueError`` asking for it (:func:`resolve_label_convention`).
+
 The challenge does not score the labels themselves but three nested regions built from
 them: whole tumour (WT), tumour core (TC) and enhancing tumour (ET).
 """

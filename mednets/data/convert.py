@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from mednets.data.brats import DEFAULT_MODALITIES, find_brats_subjects
+from mednets.data.brats import DEFAULT_MODALITIES, LABEL_CONVENTIONS, find_brats_subjects
 from mednets.data.h5store import convert_to_h5
 
 __all__ = ["build_parser", "main"]
@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=list(DEFAULT_MODALITIES),
         help="channel order (default: %(default)s); BraTS 2023 names t1n, t1c, t2w, t2f also work",
+    )
+    parser.add_argument(
+        "--label-convention",
+        choices=list(LABEL_CONVENTIONS),
+        default=None,
+        help="label convention of every subject (default: from the file naming, then the label values)",
     )
     parser.add_argument(
         "--crop-foreground", action="store_true", help="crop each subject to its brain bounding box"
@@ -66,12 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
     try:
-        subjects = find_brats_subjects(args.root, modalities=args.modalities)
+        subjects = find_brats_subjects(
+            args.root, modalities=args.modalities, label_convention=args.label_convention
+        )
         print(f"found {len(subjects)} subjects under {args.root}")
         summary = convert_to_h5(
             subjects,
             args.out,
             modalities=args.modalities,
+            label_convention=args.label_convention,
             crop_foreground=args.crop_foreground,
             margin=args.margin,
             chunks=args.chunks,

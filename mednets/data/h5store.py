@@ -8,7 +8,9 @@ each compressed on its own, so reading a patch decompresses only the blocks it t
 
 Layout of a store::
 
-    /                    attrs: format, modalities (JSON)
+    /                    attrs: format, modalities (channel names, JSON),
+                         label_convention ("brats2018", "brats2023", "msd", "plain",
+                         or "" when no label tells)
     /subjects/<id>/image float32 (C, X, Y, Z), chunks (C, cx, cy, cz), compressed
     /subjects/<id>/label uint8 (X, Y, Z), chunks (cx, cy, cz)           (if labelled)
     /subjects/<id>/foreground int32 (N, 3) sample of labelled voxels    (if labelled)
@@ -405,6 +407,13 @@ class H5Volumes:
 
     Args:
         path: The ``.h5`` file.
+
+    Attributes:
+        modalities: The channel names, e.g. ``("flair", "t1", "t1ce", "t2")`` or
+            ``("MRI",)``.
+        ids: The subject ids, sorted.
+        label_convention: ``"brats2018"``, ``"brats2023"``, ``"msd"``,
+            :data:`PLAIN_LABELS`, or None when no stored label tells.
 
     Example:
         >>> store = H5Volumes("brats.h5")  # doctest: +SKIP
