@@ -2,7 +2,7 @@
 
 Papers:
     - He et al., "Deep Residual Learning for Image Recognition", CVPR 2016,
-      https://arxiv.org/abs/1512.03385 (the blocks and the depths 18 to 152).
+      https://arxiv.org/abs/1512.03385 (the blocks and the 18 to 152 layers).
     - Carreira and Zisserman, "Quo Vadis, Action Recognition? A New Model and the
       Kinetics Dataset", CVPR 2017, https://arxiv.org/abs/1705.07750 (inflation, I3D).
     - Hara et al., "Can Spatiotemporal 3D CNNs Retrace the History of 2D CNNs and
@@ -18,6 +18,20 @@ entry is dropped. So the 2D network *is* the 3D network with the depth axis remo
 every setting that acts only along depth (``conv1_kernel[0]``, ``conv1_stride_t``,
 ``pool1_stride_t``, ``with_pool2``, ``temporal_strides``, ``inflate``,
 ``inflate_style``) has no effect when ``spatial_dims=2``.
+
+**The depth axis.** Kernels, strides and paddings are written ``(t, s, s)``: ``t`` acts
+on the *first* spatial axis of a ``(B, C, D, H, W)`` input, ``s`` on the last two. This
+is the layout of mmaction2 and I3D (``(B, C, T, H, W)``, ``T`` = frames), so their
+checkpoints keep their ``(t, s, s)`` kernels. For a volume, the axis that plays ``t`` is
+the **slice axis z**: the axis of coarse spacing, along which neighbouring slices
+differ most, while the in-plane ``(1, 3, 3)`` kernels act on the two in-plane axes x
+and y. A :mod:`mednets.data` volume is ``(C, X, Y, Z)`` (RAS, z last), so move z first
+with :func:`mednets.data.depth_first` (``(C, X, Y, Z) -> (C, Z, X, Y)``, labels
+``(X, Y, Z) -> (Z, X, Y)``) before batching, and come back with
+:func:`mednets.data.depth_last`. Fed a ``(C, X, Y, Z)`` array as it is, the network
+would take x (left-right) for the slice axis: its in-plane kernels would run across
+slices and its temporal kernels along left-right. ``tests/test_torch_depth_axis.py``
+checks the rule with hand-set kernels.
 
 **Names.** Modules follow torchvision's ResNet naming, in 2D *and* in 3D: ``conv1``,
 ``bn1``, ``layer1.0.conv1``, ``layer1.0.bn1``, ``layer1.0.downsample.0`` (conv) and
@@ -45,10 +59,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from mednets.torch.core import ADAPTIVE_AVG_POOL, BATCHNORM, CONV, MAXPOOL, check_spatial_dims
+from mednets.torch.core import ADAPTIVE_AVG_POOL, BATCHNORM, CONV, MAXPOOL, check_input
+from mednets.utils import check_spatial_dims
 
 __all__ = [
     "ResidualBlock3d",
@@ -64,6 +78,9 @@ __all__ = [
 ]
 
 INFLATE_STYLES = ("3x1x1", "3x3x3")
+
+#: Every batch-norm class the networks use (for ``norm_eval`` and the initialisation).
+_BATCHNORMS = tuple(BATCHNORM.values())
 
 #: The per-block inflate pattern of I3D ResNet-50 (1 = the block convolves along depth).
 I3D_INFLATE = ((1, 1, 1), (1, 0, 1, 0), (1, 0, 1, 0, 1, 0), (0, 1, 0))
@@ -100,6 +117,22 @@ class ResidualBlock3d(nn.Module):
     """
 
     expansion = 1
+
+    def __init__(
+        self,
+        spatial_stride: int,
+        temporal_stride: int,
+        inflate: bool,
+        inflate_style: str,
+        with_cp: bool,
+        spatial_dims: int,
+    ):
+        """Check the settings the blocks share and keep them as attributes (no modules)."""
+        super().__init__()
+        self.spatial_dims = check_spatial_dims(spatial_dims)
+        self.inflate_style = _check_style(inflate_style)
+        _check_strides(spatial_stride, temporal_stride, self.spatial_dims)
+        self.inflate, self.with_cp = bool(inflate), bool(with_cp)
 
     def _branch(self, x: torch.Tensor) -> torch.Tensor:  # implemented by the subclasses
         raise TypeError(f"{type(self).__name__} must define _branch")
@@ -163,13 +196,10 @@ class BasicBlock3d(ResidualBlock3d):
         with_cp: bool = False,
         spatial_dims: int = 3,
     ):
-        super().__init__()
-        spatial_dims = check_spatial_dims(spatial_dims)
-        _check_style(inflate_style)
-        _check_strides(spatial_stride, temporal_stride, spatial_dims)
+        super().__init__(spatial_stride, temporal_stride, inflate, inflate_style, with_cp, spatial_dims)
+        spatial_dims = self.spatial_dims
         conv, norm = CONV[spatial_dims], BATCHNORM[spatial_dims]
         kt = 3 if inflate else 1  # kernel size along depth
-        self.spatial_dims, self.inflate, self.with_cp = spatial_dims, bool(inflate), bool(with_cp)
         self.conv1 = conv(
             in_channels,
             channels,
@@ -246,10 +276,8 @@ class Bottleneck3d(ResidualBlock3d):
         with_cp: bool = False,
         spatial_dims: int = 3,
     ):
-        super().__init__()
-        spatial_dims = check_spatial_dims(spatial_dims)
-        _check_style(inflate_style)
-        _check_strides(spatial_stride, temporal_stride, spatial_dims)
+        super().__init__(spatial_stride, temporal_stride, inflate, inflate_style, with_cp, spatial_dims)
+        spatial_dims = self.spatial_dims
         conv, norm = CONV[spatial_dims], BATCHNORM[spatial_dims]
         if not inflate:
             kt1, kt2 = 1, 1
@@ -257,8 +285,6 @@ class Bottleneck3d(ResidualBlock3d):
             kt1, kt2 = 3, 1
         else:
             kt1, kt2 = 1, 3
-        self.spatial_dims, self.inflate, self.with_cp = spatial_dims, bool(inflate), bool(with_cp)
-        self.inflate_style = inflate_style
         self.conv1 = conv(
             in_channels,
             channels,
@@ -287,7 +313,7 @@ class Bottleneck3d(ResidualBlock3d):
         return self.bn3(self.conv3(out))  # (B, 4 * channels, ...): no activation here
 
 
-#: depth -> (block class, number of blocks in each of the four stages)
+#: num_layers -> (block class, stage_blocks: the number of blocks in each of the four stages)
 ARCH_SETTINGS = {
     18: (BasicBlock3d, (2, 2, 2, 2)),
     34: (BasicBlock3d, (3, 4, 6, 3)),
@@ -297,7 +323,7 @@ ARCH_SETTINGS = {
 }
 
 
-def _per_stage(value, name: str, n_stages: int = 4) -> tuple:
+def _per_stage(value: int | Sequence, name: str, n_stages: int = 4) -> tuple:
     if isinstance(value, int):
         return (value,) * n_stages
     value = tuple(value)
@@ -306,7 +332,7 @@ def _per_stage(value, name: str, n_stages: int = 4) -> tuple:
     return value
 
 
-def _inflate_pattern(inflate, stage_blocks: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+def _inflate_pattern(inflate: int | Sequence, stage_blocks: Sequence[int]) -> tuple[tuple[int, ...], ...]:
     """Expand ``inflate`` (an int, one int per stage, or one tuple per stage) to one flag per block."""
     per_stage = _per_stage(inflate, "inflate")
     pattern = []
@@ -338,7 +364,8 @@ class ResNet3d(nn.Module):
     (I3D), https://arxiv.org/abs/1711.09577 (3D ResNets).
 
     Args:
-        depth: 18, 34, 50, 101 or 152.
+        num_layers: 18, 34, 50, 101 or 152 (the blocks and ``stage_blocks`` come from
+            :data:`ARCH_SETTINGS`).
         in_channels: Input channels. Defaults to 3.
         init_filters: Channels of the stem (64 in the paper); stage ``i`` has
             ``init_filters * 2**i`` bottleneck channels. Defaults to 64.
@@ -374,7 +401,12 @@ class ResNet3d(nn.Module):
 
     Shapes:
         ``(B, in_channels, D, H, W) -> (B, 8 * init_filters * e, D', H / 32, W / 32)``
-        with ``e = 4`` for bottleneck depths (1 otherwise), or ``(B, num_classes)``.
+        with ``e = 4`` for 50 layers or more (1 otherwise), or ``(B, num_classes)``.
+        ``D`` is the slice axis (see the module docstring). Every in-plane size >= 1 is
+        accepted (the strides round up); with ``pool2`` in 3D, the depth must be at least
+        ``conv1_stride_t * pool1_stride_t + 1`` (:attr:`min_spatial_size`), so that two
+        slices reach ``pool2``. A smaller input, or a wrong rank or channel count, raises
+        a ``ValueError`` naming the input shape and the smallest size, when called.
         Stage outputs are taken after each stage; stage 1 before ``pool2``, as the
         seed's printout shows it (mmaction2's own forward returns it after ``pool2``).
 
@@ -386,7 +418,7 @@ class ResNet3d(nn.Module):
 
     def __init__(
         self,
-        depth: int,
+        num_layers: int,
         in_channels: int = 3,
         init_filters: int = 64,
         num_classes: int | None = None,
@@ -399,7 +431,7 @@ class ResNet3d(nn.Module):
         pool1_stride_s: int = 2,
         pool1_stride_t: int = 1,
         with_pool2: bool = True,
-        inflate=(1, 1, 1, 1),
+        inflate: int | Sequence = (1, 1, 1, 1),
         inflate_style: str = "3x1x1",
         frozen_stages: int = -1,
         norm_eval: bool = False,
@@ -409,8 +441,8 @@ class ResNet3d(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        if depth not in ARCH_SETTINGS:
-            raise ValueError(f"depth must be one of {sorted(ARCH_SETTINGS)}, got {depth!r}")
+        if num_layers not in ARCH_SETTINGS:
+            raise ValueError(f"num_layers must be one of {sorted(ARCH_SETTINGS)}, got {num_layers!r}")
         spatial_dims = check_spatial_dims(spatial_dims)
         _check_style(inflate_style)
         for name, value in (("in_channels", in_channels), ("init_filters", init_filters)):
@@ -432,8 +464,15 @@ class ResNet3d(nn.Module):
         if spatial_dims == 2:  # the depth axis does not exist in 2D
             temporal_strides, conv1_stride_t, pool1_stride_t, with_pool2 = (1,) * 4, 1, 1, False
 
-        block, stage_blocks = ARCH_SETTINGS[depth]
-        self.depth, self.in_channels, self.spatial_dims = depth, int(in_channels), spatial_dims
+        block, stage_blocks = ARCH_SETTINGS[num_layers]
+        self.num_layers, self.in_channels, self.spatial_dims = num_layers, int(in_channels), spatial_dims
+        self.stage_blocks = stage_blocks
+        # The smallest input: every conv and the stem's max-pool are padded, so any size
+        # >= 1 goes through them (the output size is ceil(n / stride)); only pool2
+        # (kernel 2 along depth, no padding) needs two slices after the stem's depth
+        # strides, i.e. n_stem = ceil(ceil(n / conv1_stride_t) / pool1_stride_t) >= 2.
+        min_depth = conv1_stride_t * pool1_stride_t + 1 if with_pool2 else 1
+        self.min_spatial_size = (min_depth, 1, 1)[3 - spatial_dims :]
         self.inflate = _inflate_pattern(inflate, stage_blocks)
         self.inflate_style, self.frozen_stages, self.norm_eval = inflate_style, frozen_stages, norm_eval
         self.with_cp, self.return_stages, self.num_classes = with_cp, return_stages, num_classes
@@ -519,7 +558,7 @@ class ResNet3d(nn.Module):
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Conv3d)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, _BatchNorm):
+            elif isinstance(m, _BATCHNORMS):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         if zero_init_residual:
@@ -551,15 +590,24 @@ class ResNet3d(nn.Module):
         self._freeze_stages()
         if mode and self.norm_eval:
             for m in self.modules():
-                if isinstance(m, _BatchNorm):
+                if isinstance(m, _BATCHNORMS):
                     m.eval()
         return self
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The output of each of the four stages (stage 1 before ``pool2``)."""
-        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
-            layout = "(B, C, D, H, W)" if self.spatial_dims == 3 else "(B, C, H, W)"
-            raise ValueError(f"expected input {layout} with C={self.in_channels}, got shape {tuple(x.shape)}")
+        """The output of each of the four stages (stage 1 before ``pool2``).
+
+        Raises:
+            ValueError: If the input's rank, channels or size do not fit (see
+                :func:`mednets.torch.core.check_input`).
+        """
+        check_input(
+            x,
+            self.spatial_dims,
+            self.in_channels,
+            min_size=self.min_spatial_size,
+            what=f"ResNet3d({self.num_layers}, spatial_dims={self.spatial_dims})",
+        )
         x = self.relu(self.bn1(self.conv1(x)))  # (B, F, D / ct, H / 2, W / 2)
         x = self.maxpool(x)  # (B, F, D / ct / pt, H / 4, W / 4)
         outs = []
@@ -570,7 +618,7 @@ class ResNet3d(nn.Module):
                 x = self.pool2(x)  # depth halved before stage 2
         return outs
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """``(B, C, D, H, W)`` -> last stage features, list of stages, or ``(B, num_classes)``."""
         stages = self.forward_stages(x)
         if self.return_stages:
@@ -584,14 +632,16 @@ class ResNet3d(nn.Module):
         return self.fc(x)  # (B, num_classes)
 
 
-def resnet3d(depth: int, in_channels: int = 3, **kwargs) -> ResNet3d:
-    """A 3D ResNet of the given depth with mmaction2's defaults (see :class:`ResNet3d`).
+def resnet3d(num_layers: int, in_channels: int = 3, **kwargs) -> ResNet3d:
+    """A 3D ResNet with ``num_layers`` layers and mmaction2's defaults (see :class:`ResNet3d`).
+
+    Input ``(B, C, D, H, W)`` with the slice axis first (:func:`mednets.data.depth_first`).
 
     Example:
         >>> tuple(resnet3d(18, init_filters=8)(torch.zeros(1, 3, 4, 32, 32)).shape)
         (1, 64, 2, 1, 1)
     """
-    return ResNet3d(depth, in_channels=in_channels, spatial_dims=3, **kwargs)
+    return ResNet3d(num_layers, in_channels=in_channels, spatial_dims=3, **kwargs)
 
 
 def i3d_resnet50(in_channels: int = 3, num_classes: int | None = None, **kwargs) -> ResNet3d:
@@ -599,7 +649,9 @@ def i3d_resnet50(in_channels: int = 3, num_classes: int | None = None, **kwargs)
 
     conv1 (5,7,7) with stride (2,2,2); max-pool (1,3,3) with stride (2,2,2); pool2
     (2,1,1) after stage 1; inflate pattern :data:`I3D_INFLATE`, style ``3x1x1``.
-    A ``(B, C, T, H, W)`` input gives ``(B, 2048, T / 8, H / 32, W / 32)``.
+    A ``(B, C, T, H, W)`` input gives ``(B, 2048, T / 8, H / 32, W / 32)``; for a
+    volume, ``T`` is the slice axis (:func:`mednets.data.depth_first`). ``T`` must be at
+    least 5 (two slices must reach ``pool2``); a shorter input raises a ``ValueError``.
 
     Paper: https://arxiv.org/abs/1705.07750.
 
@@ -626,18 +678,18 @@ def i3d_resnet50(in_channels: int = 3, num_classes: int | None = None, **kwargs)
     return ResNet3d(50, in_channels=in_channels, num_classes=num_classes, spatial_dims=3, **settings)
 
 
-def resnet2d(depth: int, in_channels: int = 3, num_classes: int | None = 1000, **kwargs) -> ResNet3d:
+def resnet2d(num_layers: int, in_channels: int = 3, num_classes: int | None = 1000, **kwargs) -> ResNet3d:
     """The 2D ResNet of He et al. with torchvision's module and ``state_dict`` names.
 
     Built by the same code as the 3D network (``spatial_dims=2``), so its keys are those
-    of the 3D network and of ``torchvision.models.resnet{depth}``: with the default
-    1000-class head its parameter count equals torchvision's (11,689,512 for depth 18,
-    25,557,032 for depth 50) and a torchvision checkpoint loads with ``load_state_dict``.
+    of the 3D network and of ``torchvision.models.resnet{num_layers}``: with the default
+    1000-class head its parameter count equals torchvision's (11,689,512 for 18 layers,
+    25,557,032 for 50) and a torchvision checkpoint loads with ``load_state_dict``.
 
     Paper: https://arxiv.org/abs/1512.03385.
 
     Args:
-        depth: 18, 34, 50, 101 or 152.
+        num_layers: 18, 34, 50, 101 or 152.
         in_channels: Input channels. Defaults to 3.
         num_classes: Classes of the ``fc`` head, or None for the backbone only.
             Defaults to 1000.
@@ -648,4 +700,4 @@ def resnet2d(depth: int, in_channels: int = 3, num_classes: int | None = 1000, *
         >>> tuple(resnet2d(18, num_classes=2, init_filters=8)(torch.zeros(1, 3, 64, 64)).shape)
         (1, 2)
     """
-    return ResNet3d(depth, in_channels=in_channels, num_classes=num_classes, spatial_dims=2, **kwargs)
+    return ResNet3d(num_layers, in_channels=in_channels, num_classes=num_classes, spatial_dims=2, **kwargs)

@@ -6,6 +6,7 @@ memory is allocated and no arithmetic runs, so pinning counts and stage sizes is
 
 import copy
 import itertools
+import re
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ from mednets.torch.resnet3d import (
     resnet3d,
 )
 
-DEPTHS = sorted(ARCH_SETTINGS)
+LAYER_COUNTS = sorted(ARCH_SETTINGS)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -62,10 +63,10 @@ def test_i3d_resnet50_output_shape_real_forward():
     assert torch.isfinite(y).all()
 
 
-@pytest.mark.parametrize("depth", DEPTHS, ids=[f"resnet{d}" for d in DEPTHS])
-def test_resnet2d_matches_torchvision_counts_and_keys(depth):
-    model = _meta(resnet2d, depth)
-    n_params, n_keys = TORCHVISION[depth]
+@pytest.mark.parametrize("num_layers", LAYER_COUNTS, ids=[f"resnet{d}" for d in LAYER_COUNTS])
+def test_resnet2d_matches_torchvision_counts_and_keys(num_layers):
+    model = _meta(resnet2d, num_layers)
+    n_params, n_keys = TORCHVISION[num_layers]
     assert count_params(model) == n_params
     keys = list(model.state_dict())
     assert len(keys) == n_keys
@@ -79,16 +80,16 @@ def test_resnet2d_matches_torchvision_counts_and_keys(depth):
     ]
     assert keys[-2:] == ["fc.weight", "fc.bias"]
     assert "layer2.0.downsample.0.weight" in keys and "layer2.0.downsample.1.running_var" in keys
-    assert ("layer1.0.downsample.0.weight" in keys) == (depth >= 50)  # basic blocks keep 64 channels
-    assert ("layer1.0.conv3.weight" in keys) == (depth >= 50)
+    assert ("layer1.0.downsample.0.weight" in keys) == (num_layers >= 50)  # basic blocks keep 64 channels
+    assert ("layer1.0.conv3.weight" in keys) == (num_layers >= 50)
     assert model.pool2 is None and model.conv1.kernel_size == (7, 7)  # depth settings dropped in 2D
 
 
-@pytest.mark.parametrize("depth", DEPTHS, ids=[f"resnet{d}" for d in DEPTHS])
-def test_uninflated_3d_network_has_the_2d_keys_and_counts(depth):
+@pytest.mark.parametrize("num_layers", LAYER_COUNTS, ids=[f"resnet{d}" for d in LAYER_COUNTS])
+def test_uninflated_3d_network_has_the_2d_keys_and_counts(num_layers):
     """With no depth extent anywhere, the 3D net is the 2D net with a unit depth axis."""
-    net3 = _meta(resnet3d, depth, conv1_kernel=(1, 7, 7), inflate=0, init_filters=16)
-    net2 = _meta(resnet2d, depth, num_classes=None, init_filters=16)
+    net3 = _meta(resnet3d, num_layers, conv1_kernel=(1, 7, 7), inflate=0, init_filters=16)
+    net2 = _meta(resnet2d, num_layers, num_classes=None, init_filters=16)
     sd3, sd2 = net3.state_dict(), net2.state_dict()
     assert list(sd3) == list(sd2)
     for key, value in sd2.items():
@@ -129,8 +130,10 @@ def _seed_convs():
         for j in range(n_blocks):
             cin, s = (in_first, stride) if j == 0 else (out, 1)
             lines += [
-                f"Conv3d({cin}, {width}, kernel_size=(3, 1, 1), stride=(1, 1, 1), padding=(1, 0, 0), bias=False)",
-                f"Conv3d({width}, {width}, kernel_size=(1, 3, 3), stride=(1, {s}, {s}), padding=(0, 1, 1), bias=False)",
+                f"Conv3d({cin}, {width}, kernel_size=(3, 1, 1), stride=(1, 1, 1), padding=(1, 0, 0), "
+                "bias=False)",
+                f"Conv3d({width}, {width}, kernel_size=(1, 3, 3), stride=(1, {s}, {s}), padding=(0, 1, 1), "
+                "bias=False)",
                 f"Conv3d({width}, {out}, kernel_size=(1, 1, 1), stride=(1, 1, 1), bias=False)",
             ]
             if j == 0:
@@ -248,11 +251,15 @@ def test_basic_block_kernels(inflate, kt):
     assert m.conv1.stride == (1, 2, 2) and m.conv2.stride == (1, 1, 1)
 
 
-@pytest.mark.parametrize("depth", [18, 50], ids=["basic", "bottleneck"])
-def test_temporal_stride_alone_gets_a_projection_shortcut(depth):
+@pytest.mark.parametrize("num_layers", [18, 50], ids=["basic", "bottleneck"])
+def test_temporal_stride_alone_gets_a_projection_shortcut(num_layers):
     """Erratum: the seed's condition missed a depth-only stride, so the add would fail."""
     model = resnet3d(
-        depth, init_filters=4, spatial_strides=(1, 1, 1, 1), temporal_strides=(2, 1, 1, 1), with_pool2=False
+        num_layers,
+        init_filters=4,
+        spatial_strides=(1, 1, 1, 1),
+        temporal_strides=(2, 1, 1, 1),
+        with_pool2=False,
     )
     assert model.layer1[0].downsample is not None
     assert model.layer1[0].downsample[0].stride == (2, 1, 1)
@@ -336,10 +343,10 @@ def _saved_tensor_count(model, x):
     return y, count[0]
 
 
-@pytest.mark.parametrize("depth", [18, 50], ids=["basic", "bottleneck"])
-def test_with_cp_gives_same_outputs_and_gradients(depth):
+@pytest.mark.parametrize("num_layers", [18, 50], ids=["basic", "bottleneck"])
+def test_with_cp_gives_same_outputs_and_gradients(num_layers):
     torch.manual_seed(0)
-    plain = resnet3d(depth, init_filters=4)
+    plain = resnet3d(num_layers, init_filters=4)
     cp = copy.deepcopy(plain)
     for m in cp.modules():
         if isinstance(m, (BasicBlock3d, Bottleneck3d)):
@@ -364,7 +371,7 @@ def test_with_cp_constructor_flag_reaches_every_block():
 # ------------------------------------------------------------------ bad input
 
 BAD = [
-    ("depth", lambda: ResNet3d(20), "depth must be one of"),
+    ("num_layers", lambda: ResNet3d(20), "num_layers must be one of"),
     ("spatial_dims", lambda: ResNet3d(18, spatial_dims=4), "spatial_dims must be 2 or 3, got 4"),
     ("style", lambda: ResNet3d(18, inflate_style="2x2x2"), "inflate_style must be one of"),
     ("pattern_stages", lambda: ResNet3d(18, inflate=(1, 1, 1)), "one entry per stage \\(4\\), got 3"),
@@ -380,17 +387,17 @@ BAD = [
     (
         "channels",
         lambda: ResNet3d(18, init_filters=4)(torch.zeros(1, 1, 4, 16, 16)),
-        "C=3, got shape \\(1, 1, 4, 16, 16\\)",
+        "expected 3 input channels .* got 1 in shape \\(1, 1, 4, 16, 16\\)",
     ),
     (
         "rank",
         lambda: ResNet3d(18, init_filters=4)(torch.zeros(1, 3, 16, 16)),
-        "expected input \\(B, C, D, H, W\\)",
+        "expected a batched 3D input \\(B, C, D, H, W\\).*got shape \\(1, 3, 16, 16\\)",
     ),
     (
         "rank_2d",
         lambda: resnet2d(18, init_filters=4)(torch.zeros(1, 3, 4, 16, 16)),
-        "expected input \\(B, C, H, W\\)",
+        "expected a batched 2D input \\(B, C, H, W\\).*got shape \\(1, 3, 4, 16, 16\\)",
     ),
 ]
 
@@ -399,3 +406,62 @@ BAD = [
 def test_bad_input_raises_value_error(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+# ------------------------------------------ input size checked at call time (issue 13, kind 2)
+
+
+def test_i3d_too_few_slices_is_a_clear_value_error():
+    """The issue's input: PyTorch said "Output size is too small" deep inside pool2."""
+    model = i3d_resnet50(init_filters=8).eval()
+    msg = (
+        r"input shape \(1, 3, 4, 64, 64\) is too small: axis 2 has 4 < 5; "
+        r"the smallest spatial size it accepts is \(5, 1, 1\)"
+    )
+    with pytest.raises(ValueError, match=msg):
+        model(torch.zeros(1, 3, 4, 64, 64))
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 5, 64, 64)).shape == (1, 256, 1, 2, 2)  # 5 is enough
+
+
+SIZE_CASES = [
+    # spatial_dims, settings, smallest size
+    (3, dict(with_pool2=True), (2, 1, 1)),
+    (3, dict(with_pool2=False), (1, 1, 1)),
+    (3, dict(with_pool2=True, conv1_stride_t=2, pool1_stride_t=3), (7, 1, 1)),
+    (2, dict(with_pool2=True), (1, 1)),  # pool2 and every depth setting are dropped in 2D
+    (2, dict(with_pool2=False), (1, 1)),
+]
+
+
+@pytest.mark.parametrize(
+    "spatial_dims, settings, smallest",
+    SIZE_CASES,
+    ids=["3d-pool2", "3d-no-pool2", "3d-pool2-strided-stem", "2d-pool2", "2d-no-pool2"],
+)
+def test_smallest_input_runs_and_one_less_raises(spatial_dims, settings, smallest):
+    model = ResNet3d(18, init_filters=4, spatial_dims=spatial_dims, **settings).eval()
+    assert model.min_spatial_size == smallest
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, *smallest))  # the real forward agrees with the rule
+    assert out.shape[2:] == (1,) * spatial_dims
+    for axis in range(spatial_dims):
+        small = list(smallest)
+        small[axis] -= 1
+        msg = (
+            re.escape(f"input shape {(1, 3, *small)} is too small")
+            + ".*"
+            + re.escape(f"accepts is {smallest}")
+        )
+        with pytest.raises(ValueError, match=msg):
+            model(torch.zeros(1, 3, *small))
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("with_pool2", [True, False])
+def test_forward_stages_checks_too(spatial_dims, with_pool2):
+    model = ResNet3d(18, init_filters=4, spatial_dims=spatial_dims, with_pool2=with_pool2, return_stages=True)
+    with pytest.raises(ValueError, match=r"expected 3 input channels"):
+        model.forward_stages(torch.zeros(1, 2, *(8,) * spatial_dims))
+    with pytest.raises(ValueError, match=rf"batched {spatial_dims}D input"):
+        model(torch.zeros(1, 3, *(8,) * (5 - spatial_dims)))
