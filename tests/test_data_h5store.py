@@ -191,6 +191,8 @@ def test_bad_subject_leaves_no_file(phantoms, tmp_path):
 def test_convert_argument_errors(phantoms, tmp_path):
     with pytest.raises(ValueError, match=r"duplicates \['ph0'\]"):
         convert_to_h5([phantoms[0], phantoms[0]], tmp_path / "d.h5", progress=False)
+    with pytest.raises(ValueError, match=r"without '/'.*got \['imagesTr/case_1'\]"):
+        convert_to_h5([("imagesTr/case_1", *phantoms[0][1:])], tmp_path / "d.h5", progress=False)
     with pytest.raises(ValueError, match="compression must be one of .* got 'zip'"):
         convert_to_h5(phantoms, tmp_path / "d.h5", compression="zip", progress=False)
     with pytest.raises(ValueError, match=r"image has 4 channels but 2 modalities"):
@@ -358,7 +360,7 @@ def test_one_channel_store_with_plain_labels(tmp_path):
     with pytest.raises(ValueError, match="target='regions' needs tumour labels.*plain"):
         RandomPatches(store, (4, 4, 4), target="regions")
     # Without saying "plain", {0, 1, 2} reads as a tumour and is ambiguous: an error, not a guess.
-    with pytest.raises(ValueError, match="subject 'hippocampus_000'.*pass label_convention="):
+    with pytest.raises(ValueError, match="subject 'hippocampus_000'.*pass label_convention=.*'plain'"):
         convert_to_h5(items, tmp_path / "h2.h5", modalities=("MRI",), progress=False)
     # Appending to a plain store keeps it plain; channel names must match.
     convert_to_h5([("extra", *items[0][1:])], path, modalities=("MRI",), append=True, progress=False)

@@ -100,7 +100,13 @@ def _item_from(subject, modalities, label_convention, default=None):
                     f"got {int(label.min())}..{int(label.max())}"
                 )
             if label_convention != PLAIN_LABELS:
-                convention = resolve_label_convention(label, label_convention, where=where)
+                try:
+                    convention = resolve_label_convention(label, label_convention, where=where)
+                except ValueError as err:
+                    raise ValueError(
+                        f"{err}; for class labels with no tumour meaning (e.g. the Decathlon's "
+                        f"hippocampus), pass label_convention={PLAIN_LABELS!r}"
+                    ) from None
             label = label.astype(np.uint8)
         meta = {
             "id": str(sid),
@@ -335,6 +341,12 @@ def convert_to_h5(
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise ValueError(f"subject ids must be unique, got duplicates {duplicates}")
+    bad_ids = [i for i in ids if not i or "/" in i or i in (".", "..")]
+    if bad_ids:
+        raise ValueError(
+            f"subject ids name HDF5 groups: they must be non-empty, without '/', and not '.' or '..'; "
+            f"got {bad_ids[:3]}"
+        )
 
     written, skipped, raw_bytes = [], [], 0
     with atomic_write(path) as tmp:
