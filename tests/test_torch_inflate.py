@@ -1,10 +1,18 @@
 """Tests for mednets.torch.inflate: the I3D rule, the whole-network property, the report."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
 
-from mednets.torch.inflate import SkippedKey, inflate_2d_weights, inflate_kernel, inflate_tensor
+from mednets.torch.inflate import (
+    SkippedKey,
+    canonical_key,
+    inflate_2d_weights,
+    inflate_kernel,
+    inflate_tensor,
+)
 from mednets.torch.resnet3d import i3d_resnet50, resnet2d, resnet3d
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -23,7 +31,7 @@ def _slice_errors(y3, y2):
 def _randomise_bn(model, seed=0):
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
             n = m.num_features
             m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
             m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
@@ -145,10 +153,115 @@ def test_inflate_tensor_rejects_other_channel_counts():
         (lambda: inflate_2d_weights(nn.Conv3d(1, 1, 1), [1]), "state_dict_2d must be a mapping"),
         (lambda: inflate_2d_weights(nn.Conv3d(1, 1, 1), {"weight": 1.0}), "must be a tensor, got float"),
         (lambda: inflate_kernel(torch.zeros(2, 2, 3), 3), "expected a 2D conv kernel"),
-        (lambda: inflate_kernel(torch.zeros(2, 2, 3, 3), 0), "depth must be a positive integer, got 0"),
+        (
+            lambda: inflate_kernel(torch.zeros(2, 2, 3, 3), 0),
+            "t \\(the kernel size along depth\\) must be a positive integer, got 0",
+        ),
     ],
     ids=["model", "mapping", "tensor", "kernel_rank", "kernel_depth"],
 )
 def test_bad_input_raises_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ------------------------------------------ loaders that load nothing (issue 13, kind 1)
+
+
+def _mmaction2_name(key):
+    """torchvision's names -> mmaction2's ConvModule names (the inverse of canonical_key)."""
+    key = re.sub(r"^conv1\.", "conv1.conv.", key)
+    key = re.sub(r"^bn1\.", "conv1.bn.", key)
+    key = re.sub(r"^(layer\d+\.\d+)\.conv(\d)\.", r"\1.conv\2.conv.", key)
+    key = re.sub(r"^(layer\d+\.\d+)\.bn(\d)\.", r"\1.conv\2.bn.", key)
+    key = re.sub(r"\.downsample\.0\.", ".downsample.conv.", key)
+    return re.sub(r"\.downsample\.1\.", ".downsample.bn.", key)
+
+
+@pytest.fixture(scope="module")
+def sd18():
+    torch.manual_seed(0)
+    return resnet2d(18, init_filters=8, num_classes=None).state_dict()
+
+
+def _assert_loaded_everything(model, sd):
+    torch.testing.assert_close(model.conv1.weight.sum(2), sd["conv1.weight"])
+    torch.testing.assert_close(
+        model.layer3[0].downsample[0].weight.sum(2), sd["layer3.0.downsample.0.weight"]
+    )
+    for key in ("bn1.running_var", "layer2.1.bn2.weight", "layer4.0.downsample.1.bias"):
+        assert torch.equal(model.state_dict()[key], sd[key]), key
+
+
+@pytest.mark.parametrize(
+    "rename",
+    [
+        lambda k: "module." + k,  # DataParallel: the issue's input (was: 0 loaded, 240 skipped)
+        lambda k: "model." + k,
+        lambda k: "backbone." + k,
+        lambda k: "module.backbone." + k,
+        _mmaction2_name,  # conv1.conv.weight, conv1.bn.weight, ...: the issue's second input
+        lambda k: "backbone." + _mmaction2_name(k),  # as an mmaction2 recogniser saves it
+    ],
+    ids=["module", "model", "backbone", "module-backbone", "mmaction2", "backbone-mmaction2"],
+)
+def test_wrapped_and_mmaction2_checkpoints_load_fully(sd18, rename):
+    model = resnet3d(18, init_filters=8)
+    wrapped = {rename(k): v for k, v in sd18.items()}
+    assert set(wrapped) != set(sd18)
+    loaded, skipped = inflate_2d_weights(model, wrapped)
+    assert skipped == [] and len(loaded) == len(sd18) == 120
+    assert loaded == list(sd18)  # reported in the 3D model's names
+    _assert_loaded_everything(model, sd18)
+
+
+def test_a_checkpoint_dict_with_a_state_dict_entry_is_unwrapped(sd18):
+    model = resnet3d(18, init_filters=8)
+    loaded, skipped = inflate_2d_weights(model, {"meta": {"epoch": 3}, "state_dict": dict(sd18)})
+    assert skipped == [] and len(loaded) == 120
+    _assert_loaded_everything(model, sd18)
+
+
+def test_canonical_key():
+    assert canonical_key("module.conv1.weight") == "conv1.weight"
+    assert canonical_key("conv1.conv.weight") == "conv1.weight"
+    assert canonical_key("conv1.bn.weight") == "bn1.weight"
+    assert canonical_key("backbone.layer3.1.conv3.bn.running_mean") == "layer3.1.bn3.running_mean"
+    assert canonical_key("layer1.0.downsample.bn.bias") == "layer1.0.downsample.1.bias"
+    assert canonical_key("cls_head.fc_cls.weight") == "cls_head.fc_cls.weight"  # left alone
+
+
+def test_nothing_loads_is_an_error_naming_both_sides_and_leaves_the_model_alone(sd18):
+    model = resnet3d(18, init_filters=8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    foreign = {"encoder." + k: v for k, v in sd18.items()}
+    with pytest.raises(ValueError) as err:
+        inflate_2d_weights(model, foreign)
+    msg = str(err.value)
+    assert "0 of the 3D model's 20 conv weights would load (0 keys in all)" in msg
+    assert "first unmatched 2D keys: ['encoder.conv1.weight', 'encoder.bn1.weight'" in msg
+    assert "first 3D keys left unloaded: ['conv1.weight', 'bn1.weight'" in msg
+    assert "strict=False" in msg
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="0 of the 3D model's 1 conv weights"):
+        inflate_2d_weights(nn.Conv3d(1, 1, 3), {})
+
+
+def test_fewer_than_half_of_the_conv_weights_is_an_error_unless_not_strict(sd18):
+    # Keep the batch norms and only the last 9 conv weights (of 20): one short of half.
+    convs = [k for k in sd18 if k.endswith("weight") and sd18[k].ndim == 4]
+    kept = convs[-9:]
+    assert len(convs) == 20 and len(kept) == 9
+    partial = {k: v for k, v in sd18.items() if k not in convs or k in kept}
+    with pytest.raises(
+        ValueError, match=r"9 of the 3D model's 20 conv weights would load \(109 keys in all\)"
+    ):
+        inflate_2d_weights(resnet3d(18, init_filters=8), partial)
+    model = resnet3d(18, init_filters=8)
+    loaded, skipped = inflate_2d_weights(model, partial, strict=False)
+    assert len(loaded) == 109 and {s.key for s in skipped} == set(convs) - set(kept)
+    torch.testing.assert_close(model.layer4[1].conv2.weight.sum(2), sd18["layer4.1.conv2.weight"])
+    # exactly half of the conv weights is enough
+    half = {k: v for k, v in sd18.items() if k not in convs or k in convs[:10]}
+    loaded, _ = inflate_2d_weights(resnet3d(18, init_filters=8), half)
+    assert len(loaded) == 110
