@@ -17,9 +17,12 @@ The network has three parts that share one encoder:
 
 At inference only the encoder and decoder run (:meth:`NVNet.segment`).
 
+NVNet's kernels are isotropic (3x3x3), so it does not care which spatial axis is the
+slice axis: a :mod:`mednets.data` volume ``(C, X, Y, Z)`` can be batched as it is.
+
 Example:
     >>> import torch
-    >>> net = NVNet(init_filters=8, input_shape=(32, 32, 32))
+    >>> net = NVNet(spatial_dims=3, init_filters=8, spatial_size=(32, 32, 32))
     >>> seg, recon, mu, sigma = net(torch.randn(2, 4, 32, 32, 32))
     >>> tuple(seg.shape), tuple(recon.shape), tuple(mu.shape)
     ((2, 3, 32, 32, 32), (2, 4, 32, 32, 32), (2, 128))
@@ -34,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mednets.torch.core import CONV, DROPOUT
+from mednets.torch.core import CONV, DROPOUT, check_input
 from mednets.utils import check_divisible, check_spatial_dims
 
 __all__ = [
@@ -45,9 +48,14 @@ __all__ = [
     "NVNet",
     "nvnet_paper",
     "reparameterize",
+    "upsample",
+    "FINAL_ACTIVATIONS",
 ]
 
 _UPSAMPLE_MODE = {2: "bilinear", 3: "trilinear"}
+
+#: The values of ``final_activation``.
+FINAL_ACTIVATIONS = (None, "sigmoid", "softmax")
 
 
 def _check_groups(channels: int, num_groups: int, what: str) -> None:
@@ -59,7 +67,12 @@ def _check_groups(channels: int, num_groups: int, what: str) -> None:
 
 
 def upsample(x: torch.Tensor, scale: int = 2) -> torch.Tensor:
-    """(Tri)linear up-sampling by ``scale``: ``(B, C, *S) -> (B, C, *(scale * S))``."""
+    """(Tri)linear up-sampling by ``scale``: ``(B, C, *S) -> (B, C, *(scale * S))``.
+
+    Example:
+        >>> upsample(torch.zeros(1, 2, 3, 4, 5)).shape
+        torch.Size([1, 2, 6, 8, 10])
+    """
     mode = _UPSAMPLE_MODE[x.ndim - 2]
     return F.interpolate(x, scale_factor=scale, mode=mode, align_corners=False)
 
@@ -110,10 +123,13 @@ class NVNetEncoder(nn.Module):
         spatial_dims: 2 or 3. Defaults to 3.
         in_channels: Input channels (MRI modalities). Defaults to 4.
         init_filters: Channels of the first level. Defaults to 32.
-        blocks: Residual blocks per level. Defaults to (1, 2, 2, 4).
+        stage_blocks: Residual blocks per level. Defaults to (1, 2, 2, 4).
         dropout: Spatial dropout rate after the initial conv (0 or None for none).
             Defaults to 0.2.
         num_groups: GroupNorm groups. Defaults to 8.
+
+    Raises:
+        ValueError: At call time, for an input of the wrong rank or channel count.
 
     Example:
         >>> feats = NVNetEncoder(init_filters=8)(torch.zeros(1, 4, 16, 16, 16))
@@ -126,7 +142,7 @@ class NVNetEncoder(nn.Module):
         spatial_dims: int = 3,
         in_channels: int = 4,
         init_filters: int = 32,
-        blocks: Sequence[int] = (1, 2, 2, 4),
+        stage_blocks: Sequence[int] = (1, 2, 2, 4),
         dropout: float | None = 0.2,
         num_groups: int = 8,
     ):
@@ -134,16 +150,18 @@ class NVNetEncoder(nn.Module):
         spatial_dims = check_spatial_dims(spatial_dims)
         if in_channels < 1:
             raise ValueError(f"NVNetEncoder: expected in_channels >= 1, got {in_channels}")
-        if len(blocks) < 1 or any(int(b) < 1 for b in blocks):
-            raise ValueError(f"NVNetEncoder: expected >= 1 block per level, got blocks={tuple(blocks)}")
+        if len(stage_blocks) < 1 or any(int(b) < 1 for b in stage_blocks):
+            raise ValueError(
+                f"NVNetEncoder: expected >= 1 block per level, got stage_blocks={tuple(stage_blocks)}"
+            )
         conv = CONV[spatial_dims]
-        self.spatial_dims = spatial_dims
-        self.out_channels = [init_filters * 2**i for i in range(len(blocks))]
+        self.spatial_dims, self.in_channels = spatial_dims, int(in_channels)
+        self.out_channels = [init_filters * 2**i for i in range(len(stage_blocks))]
         self.init_conv = conv(in_channels, init_filters, kernel_size=3, padding=1)
         self.dropout = DROPOUT[spatial_dims](dropout) if dropout else nn.Identity()
         self.downs = nn.ModuleList()
         self.levels = nn.ModuleList()
-        for i, (ch, n) in enumerate(zip(self.out_channels, blocks)):
+        for i, (ch, n) in enumerate(zip(self.out_channels, stage_blocks)):
             # Level 0 starts right after the initial conv; deeper levels begin with a
             # stride-2 conv that halves the size and doubles the channels.
             down = nn.Identity() if i == 0 else conv(ch // 2, ch, kernel_size=3, stride=2, padding=1)
@@ -158,6 +176,8 @@ class NVNetEncoder(nn.Module):
         return 2 ** (len(self.levels) - 1)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(B, C_in, *S)`` -> one feature map per level, finest first."""
+        check_input(x, self.spatial_dims, self.in_channels, what="NVNetEncoder")
         h = self.dropout(self.init_conv(x))  # (B, F, *S)
         feats = []
         for down, level in zip(self.downs, self.levels):
@@ -229,6 +249,12 @@ class NVNetDecoder(nn.Module):
         for reduce, block, skip in zip(self.reduce, self.blocks, skip_feats):
             h = upsample(reduce(h))  # (B, C/2, 2S)
             if skip is not None:
+                if skip.shape != h.shape:
+                    raise ValueError(
+                        f"NVNetDecoder: an encoder feature map of shape {tuple(skip.shape)} does not match "
+                        f"the up-sampled {tuple(h.shape)}; the input's spatial sizes must be divisible by "
+                        f"2**{len(self.blocks)}"
+                    )
                 h = h + skip
             h = block(h)
         return self.final(h)
@@ -321,82 +347,99 @@ class NVNet(nn.Module):
     configuration (4 modalities in, 3 nested regions out, 32 initial filters, crops of
     160x192x128).
 
-    ``forward(x)``: ``(B, in_channels, *input_shape)`` ->
+    ``forward(x)``: ``(B, in_channels, *spatial_size)`` ->
 
     * with ``vae=True``: ``(seg, recon, mu, sigma)``: ``seg`` ``(B, out_channels, *S)``
-      probabilities (sigmoid), ``recon`` ``(B, in_channels, *S)``, ``mu`` and ``sigma``
-      ``(B, latent_dim)``;
+      after ``final_activation`` (sigmoid probabilities by default), ``recon``
+      ``(B, in_channels, *S)``, ``mu`` and ``sigma`` ``(B, latent_dim)``;
     * with ``vae=False``: ``seg`` only.
 
-    The VAE's dense layers are sized from ``input_shape``, so with ``vae=True`` the
+    The VAE's dense layers are sized from ``spatial_size``, so with ``vae=True`` the
     input must have exactly that size; with ``vae=False`` any size divisible by 8 works.
     :meth:`segment` runs only the encoder and decoder, for inference at any divisible
-    size.
+    size. Both check the input when called and raise a ``ValueError`` naming its shape
+    and the nearest valid sizes.
 
     Args:
+        spatial_dims: 3 (``(B, C, D, H, W)``) or 2 (``(B, C, H, W)``). Defaults to 3.
         in_channels: Input channels (modalities). Defaults to 4.
         out_channels: Output channels (whole tumour, tumour core, enhancing tumour
             here; the paper lists ET, TC, WT). Defaults to 3.
         init_filters: Filters of the first level. Defaults to 32.
-        input_shape: Spatial size of the training crops, needed by the VAE.
-            Its length sets 2D or 3D. Defaults to (160, 192, 128).
+        spatial_size: Spatial size of the training crops (no channels), needed by the
+            VAE; ``spatial_dims`` entries, each divisible by 16 with the VAE (8
+            without). None (only with ``vae=False``) accepts any divisible size.
+            Defaults to (160, 192, 128).
         vae: Build the VAE branch. Defaults to True.
-        blocks: Residual blocks per encoder level. Defaults to (1, 2, 2, 4).
+        stage_blocks: Residual blocks per encoder level. Defaults to (1, 2, 2, 4).
         dropout: Spatial dropout after the initial conv. Defaults to 0.2.
         num_groups: GroupNorm groups. Defaults to 8.
         latent_dim: VAE latent size. Defaults to 128.
-        sigmoid: Apply a sigmoid to the segmentation (False returns logits).
-            Defaults to True.
+        final_activation: "sigmoid" (the paper: nested regions, one probability per
+            channel), "softmax" (over the channels) or None (logits). Defaults to
+            "sigmoid".
+
+    Raises:
+        ValueError: For a ``spatial_size`` whose length is not ``spatial_dims`` or whose
+            sizes are not divisible, ``vae=True`` without ``spatial_size``, an unknown
+            ``final_activation``, or ``init_filters`` not divisible by ``num_groups``.
 
     Example:
-        >>> net = NVNet(init_filters=8, input_shape=(32, 32, 32), vae=False)
+        >>> net = NVNet(spatial_dims=3, init_filters=8, spatial_size=None, vae=False)
         >>> net(torch.zeros(1, 4, 48, 40, 32)).shape
         torch.Size([1, 3, 48, 40, 32])
     """
 
     def __init__(
         self,
+        spatial_dims: int = 3,
         in_channels: int = 4,
         out_channels: int = 3,
         init_filters: int = 32,
-        input_shape: Sequence[int] | None = (160, 192, 128),
+        spatial_size: Sequence[int] | None = (160, 192, 128),
         vae: bool = True,
-        blocks: Sequence[int] = (1, 2, 2, 4),
+        stage_blocks: Sequence[int] = (1, 2, 2, 4),
         dropout: float | None = 0.2,
         num_groups: int = 8,
         latent_dim: int = 128,
-        sigmoid: bool = True,
+        final_activation: str | None = "sigmoid",
     ):
         super().__init__()
-        if input_shape is None:
+        spatial_dims = check_spatial_dims(spatial_dims)
+        if spatial_size is None:
             if vae:
-                raise ValueError("NVNet: vae=True needs input_shape (the training crop size), got None")
-            spatial_dims = 3
+                raise ValueError("NVNet: vae=True needs spatial_size (the training crop size), got None")
         else:
-            input_shape = tuple(int(s) for s in input_shape)
-            if len(input_shape) not in (2, 3):
-                raise ValueError(f"NVNet: input_shape must have 2 or 3 spatial sizes, got {input_shape}")
-            spatial_dims = len(input_shape)
+            spatial_size = tuple(int(s) for s in spatial_size)
+            if len(spatial_size) != spatial_dims:
+                raise ValueError(
+                    f"NVNet: spatial_size must have spatial_dims={spatial_dims} sizes, got {spatial_size}"
+                )
+        if final_activation not in FINAL_ACTIVATIONS:
+            raise ValueError(
+                f"NVNet: final_activation must be one of {FINAL_ACTIVATIONS}, got {final_activation!r}"
+            )
         _check_groups(init_filters, num_groups, "NVNet init_filters")
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.input_shape = input_shape
+        self.spatial_size = spatial_size
         self.spatial_dims = spatial_dims
         self.use_vae = bool(vae)
-        self.apply_sigmoid = sigmoid
-        self.encoder = NVNetEncoder(spatial_dims, in_channels, init_filters, blocks, dropout, num_groups)
-        self.decoder = NVNetDecoder(
-            spatial_dims,
-            self.encoder.out_channels[-1],
-            out_channels,
-            levels=len(blocks) - 1,
-            skips=True,
-            num_groups=num_groups,
+        self.final_activation = final_activation
+        self.encoder = NVNetEncoder(
+            spatial_dims, in_channels, init_filters, stage_blocks, dropout, num_groups
         )
-        if input_shape is not None:
-            check_divisible(input_shape, self.divisor, what="NVNet input_shape")
+
+        def decoder(channels_out: int, skips: bool) -> NVNetDecoder:
+            bottom = self.encoder.out_channels[-1]
+            levels = len(stage_blocks) - 1
+            return NVNetDecoder(spatial_dims, bottom, channels_out, levels, skips, num_groups)
+
+        self.decoder = decoder(out_channels, skips=True)
+        if spatial_size is not None:
+            check_divisible(spatial_size, self.divisor, what="NVNet spatial_size")
         if self.use_vae:
-            bottom = tuple(s // self.encoder.downsampling for s in input_shape)
+            bottom = tuple(s // self.encoder.downsampling for s in spatial_size)
             self.vae_bottleneck = VAEBottleneck(
                 spatial_dims,
                 self.encoder.out_channels[-1],
@@ -404,14 +447,7 @@ class NVNet(nn.Module):
                 latent_dim=latent_dim,
                 num_groups=num_groups,
             )
-            self.vae_decoder = NVNetDecoder(
-                spatial_dims,
-                self.encoder.out_channels[-1],
-                in_channels,
-                levels=len(blocks) - 1,
-                skips=False,
-                num_groups=num_groups,
-            )
+            self.vae_decoder = decoder(in_channels, skips=False)  # reconstructs the input
 
     @property
     def divisor(self) -> int:
@@ -420,28 +456,23 @@ class NVNet(nn.Module):
         return self.encoder.downsampling * (2 if self.use_vae else 1)
 
     def _check_input(self, x: torch.Tensor, exact: bool) -> None:
-        expected = (self.in_channels, *(self.input_shape or ()))
-        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"NVNet expects (B, {self.in_channels}, <{self.spatial_dims} spatial sizes>), "
-                f"got shape {tuple(x.shape)}"
-            )
-        spatial = tuple(x.shape[2:])
-        if exact and spatial != self.input_shape:
+        if exact and tuple(x.shape[2:]) != self.spatial_size:
+            check_input(x, self.spatial_dims, self.in_channels, what="NVNet")  # rank and channels first
+            expected = (self.in_channels, *self.spatial_size)
             raise ValueError(
                 f"NVNet with vae=True expects input (B, {', '.join(map(str, expected))}) "
-                f"because its dense layers are sized for input_shape={self.input_shape}; "
-                f"got shape {tuple(x.shape)}. Crop to {self.input_shape}, or use segment() "
+                f"because its dense layers are sized for spatial_size={self.spatial_size}; "
+                f"got shape {tuple(x.shape)}. Crop to {self.spatial_size}, or use segment() "
                 f"/ vae=False for other sizes."
             )
-        divisor = self.encoder.downsampling if not exact else self.divisor
-        try:
-            check_divisible(spatial, divisor, what="NVNet input")
-        except ValueError as err:
-            raise ValueError(f"{err} (got shape {tuple(x.shape)}, input_shape={self.input_shape})") from None
+        check_input(x, self.spatial_dims, self.in_channels, divisor=self.encoder.downsampling, what="NVNet")
 
     def _head(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits) if self.apply_sigmoid else logits
+        if self.final_activation == "sigmoid":
+            return torch.sigmoid(logits)
+        if self.final_activation == "softmax":
+            return torch.softmax(logits, dim=1)
+        return logits
 
     def segment(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder and decoder only: ``(B, C_in, *S) -> (B, C_out, *S)`` for any ``S``
@@ -449,7 +480,10 @@ class NVNet(nn.Module):
         self._check_input(x, exact=False)
         return self._head(self.decoder(self.encoder(x)))
 
-    def forward(self, x: torch.Tensor):
+    def forward(
+        self, x: torch.Tensor
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(B, C_in, *S)`` -> ``seg``, or ``(seg, recon, mu, sigma)`` with the VAE."""
         self._check_input(x, exact=self.use_vae)
         feats = self.encoder(x)  # finest first; feats[-1] is (B, 8F, *S/8)
         seg = self._head(self.decoder(feats))
@@ -460,11 +494,20 @@ class NVNet(nn.Module):
         return seg, recon, mu, sigma
 
 
-def nvnet_paper(**kwargs) -> NVNet:
+def nvnet_paper(**kwargs: object) -> NVNet:
     """The paper's configuration: 4 -> 3 channels, 32 filters, 160x192x128 crops, VAE on.
 
-    Keyword arguments override the defaults (see :class:`NVNet`).
+    Keyword arguments override the defaults (see :class:`NVNet`). It has 26,037,847
+    parameters (pinned in the tests).
+
+    Example:
+        >>> with torch.device("meta"):
+        ...     net = nvnet_paper(vae=False)
+        >>> net.spatial_size, net.final_activation
+        ((160, 192, 128), 'sigmoid')
     """
-    config = dict(in_channels=4, out_channels=3, init_filters=32, input_shape=(160, 192, 128), vae=True)
+    config = dict(
+        spatial_dims=3, in_channels=4, out_channels=3, init_filters=32, spatial_size=(160, 192, 128), vae=True
+    )
     config.update(kwargs)
     return NVNet(**config)

@@ -92,7 +92,7 @@ SHAPE_CASES = list(itertools.product([1, 2], [(32, 32, 32), (32, 48, 16), (32, 4
 )
 def test_output_shapes_with_vae(batch, shape):
     torch.manual_seed(0)
-    net = NVNet(init_filters=8, input_shape=shape)
+    net = NVNet(spatial_dims=len(shape), init_filters=8, spatial_size=shape)
     seg, recon, mu, sigma = net(torch.randn(batch, 4, *shape))
     assert seg.shape == (batch, 3, *shape)
     assert recon.shape == (batch, 4, *shape)
@@ -107,7 +107,7 @@ def test_output_shapes_with_vae(batch, shape):
     ids=lambda v: str(v) if isinstance(v, int) else "x".join(map(str, v)),
 )
 def test_output_shapes_without_vae_any_divisible_size(batch, shape):
-    net = NVNet(init_filters=8, input_shape=(16,) * len(shape), vae=False)
+    net = NVNet(spatial_dims=len(shape), init_filters=8, spatial_size=(16,) * len(shape), vae=False)
     seg = net(torch.randn(batch, 4, *shape))
     assert isinstance(seg, torch.Tensor)
     assert seg.shape == (batch, 3, *shape)
@@ -116,7 +116,7 @@ def test_output_shapes_without_vae_any_divisible_size(batch, shape):
 
 def test_segment_equals_forward_segmentation_in_eval():
     torch.manual_seed(0)
-    net = NVNet(init_filters=8, input_shape=(16, 16, 16)).eval()
+    net = NVNet(init_filters=8, spatial_size=(16, 16, 16)).eval()
     x = torch.randn(2, 4, 16, 16, 16)
     with torch.no_grad():
         seg, recon, mu, sigma = net(x)
@@ -130,7 +130,7 @@ def test_segment_equals_forward_segmentation_in_eval():
 def test_batch_items_are_independent():
     """The seed's view(1, ...) mixed up the batch; here each item is its own."""
     torch.manual_seed(0)
-    net = NVNet(init_filters=8, input_shape=(16, 16, 16)).eval()
+    net = NVNet(init_filters=8, spatial_size=(16, 16, 16)).eval()
     x = torch.randn(2, 4, 16, 16, 16)
     with torch.no_grad():
         both = net(x)
@@ -142,10 +142,10 @@ def test_batch_items_are_independent():
 @pytest.mark.parametrize(
     "kwargs,shape,match",
     [
-        (dict(input_shape=(32, 32, 32)), (1, 4, 32, 32, 48), r"\(1, 4, 32, 32, 48\).*|.*\(32, 32, 32\)"),
-        (dict(input_shape=(32, 32, 32)), (1, 3, 32, 32, 32), "4 input|B, 4"),
-        (dict(input_shape=(32, 32, 32)), (1, 4, 32, 32), "B, 4"),
-        (dict(input_shape=None, vae=False), (1, 4, 20, 16, 16), "divisible by 8"),
+        (dict(spatial_size=(32, 32, 32)), (1, 4, 32, 32, 48), r"\(1, 4, 32, 32, 48\).*|.*\(32, 32, 32\)"),
+        (dict(spatial_size=(32, 32, 32)), (1, 3, 32, 32, 32), "4 input|B, 4"),
+        (dict(spatial_size=(32, 32, 32)), (1, 4, 32, 32), r"rank 4, expected 5"),
+        (dict(spatial_size=None, vae=False), (1, 4, 20, 16, 16), "divisible by 8"),
     ],
     ids=["vae-wrong-size", "wrong-channels", "wrong-rank", "not-divisible"],
 )
@@ -157,7 +157,7 @@ def test_forward_value_errors(kwargs, shape, match):
 
 
 def test_wrong_size_message_names_both_shapes():
-    net = NVNet(init_filters=8, input_shape=(32, 32, 32))
+    net = NVNet(init_filters=8, spatial_size=(32, 32, 32))
     with pytest.raises(ValueError) as err:
         net(torch.zeros(1, 4, 32, 32, 48))
     assert "(1, 4, 32, 32, 48)" in str(err.value) and "(32, 32, 32)" in str(err.value)
@@ -166,13 +166,16 @@ def test_wrong_size_message_names_both_shapes():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(input_shape=(40, 32, 32)), "divisible by 16"),
-        (dict(input_shape=(36, 32, 32), vae=False), "divisible by 8"),
-        (dict(input_shape=None), "input_shape"),
-        (dict(input_shape=(32, 32, 32, 32)), "2 or 3"),
-        (dict(init_filters=12, input_shape=(32, 32, 32)), "num_groups"),
+        (dict(spatial_size=(40, 32, 32)), "divisible by 16"),
+        (dict(spatial_size=(36, 32, 32), vae=False), "divisible by 8"),
+        (dict(spatial_size=None), "needs spatial_size"),
+        (dict(spatial_size=(32, 32, 32, 32)), "spatial_dims=3 sizes"),
+        (dict(spatial_size=(32, 32)), "spatial_dims=3 sizes"),
+        (dict(spatial_dims=4, spatial_size=None, vae=False), "spatial_dims must be 2 or 3"),
+        (dict(final_activation="relu"), "final_activation must be one of"),
+        (dict(init_filters=12, spatial_size=(32, 32, 32)), "num_groups"),
     ],
-    ids=["not-div-16", "not-div-8", "vae-needs-shape", "4d", "groups"],
+    ids=["not-div-16", "not-div-8", "vae-needs-shape", "4d", "2d-size-3d-dims", "dims-4", "act", "groups"],
 )
 def test_constructor_value_errors(kwargs, match):
     kwargs.setdefault("init_filters", 8)
@@ -180,9 +183,55 @@ def test_constructor_value_errors(kwargs, match):
         NVNet(**kwargs)
 
 
+def test_spatial_dims_is_explicit_not_guessed():
+    """NVNet(spatial_size=None, vae=False) is the documented spatial_dims, never a guess."""
+    net2d = NVNet(spatial_dims=2, init_filters=8, spatial_size=None, vae=False)
+    assert net2d.spatial_dims == 2 and isinstance(net2d.encoder.init_conv, torch.nn.Conv2d)
+    assert net2d(torch.zeros(1, 4, 16, 24)).shape == (1, 3, 16, 24)
+    net3d = NVNet(init_filters=8, spatial_size=None, vae=False)
+    with pytest.raises(ValueError, match=r"3D input \(B, C, D, H, W\).*\(1, 4, 16, 24\)"):
+        net3d(torch.zeros(1, 4, 16, 24))
+
+
+def test_final_activation():
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 16, 16, 16)
+    nets = {
+        act: NVNet(init_filters=8, spatial_size=None, vae=False, final_activation=act).eval()
+        for act in (None, "sigmoid", "softmax")
+    }
+    for net in nets.values():
+        net.load_state_dict(nets[None].state_dict())
+    with torch.no_grad():
+        logits = nets[None](x)
+        torch.testing.assert_close(nets["sigmoid"](x), torch.sigmoid(logits))
+        torch.testing.assert_close(nets["softmax"](x), torch.softmax(logits, dim=1))
+        assert float(logits.min()) < 0  # logits are not squashed
+        torch.testing.assert_close(nets["softmax"](x).sum(1), torch.ones(1, 16, 16, 16))
+
+
+def test_call_time_size_check_names_the_nearest_valid_sizes():
+    net = NVNet(init_filters=8, spatial_size=(16, 16, 16)).eval()
+    with pytest.raises(ValueError, match=r"axis 0: 20 \(nearest valid: 16 or 24\).*\(1, 4, 20, 16, 16\)"):
+        net.segment(torch.zeros(1, 4, 20, 16, 16))
+    with pytest.raises(ValueError, match=r"expected 4 input channels.*got 1 in shape \(1, 1, 16, 16, 16\)"):
+        net.segment(torch.zeros(1, 1, 16, 16, 16))
+
+
+def test_encoder_and_decoder_check_their_inputs_when_called():
+    enc = NVNetEncoder(init_filters=8)
+    with pytest.raises(ValueError, match=r"NVNetEncoder: expected 4 input channels"):
+        enc(torch.zeros(1, 3, 16, 16, 16))
+    with pytest.raises(ValueError, match=r"NVNetEncoder: expected a batched 3D input"):
+        enc(torch.zeros(4, 16, 16, 16))
+    feats = enc(torch.zeros(1, 4, 20, 16, 16))  # the encoder alone takes any size ...
+    with pytest.raises(ValueError, match=r"does not match the up-sampled.*divisible by 2\*\*3"):
+        NVNetDecoder(3, 64, 3)(feats)  # ... but its maps cannot be added back
+
+
 def test_vae_false_accepts_shape_that_vae_rejects():
     # 40 is divisible by 8 but not 16: fine without the VAE.
-    net = NVNet(init_filters=8, input_shape=(40, 32, 32), vae=False)
+    net = NVNet(init_filters=8, spatial_size=(40, 32, 32), vae=False)
     assert net(torch.zeros(1, 4, 40, 32, 32)).shape == (1, 3, 40, 32, 32)
 
 
@@ -226,7 +275,7 @@ def test_sigma_is_positive_even_for_very_negative_dense_output():
 
 def test_kl_and_l2_gradients_reach_the_dense_layer_and_encoder():
     torch.manual_seed(0)
-    net = NVNet(init_filters=8, input_shape=(16, 16, 16)).train()
+    net = NVNet(init_filters=8, spatial_size=(16, 16, 16)).train()
     x = torch.randn(2, 4, 16, 16, 16)
     _, recon, mu, sigma = net(x)
     dense = net.vae_bottleneck.to_latent
@@ -254,7 +303,7 @@ def test_rsample_passes_gradient_but_sample_does_not():
 
 def test_one_step_lowers_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
-    net = NVNet(init_filters=8, input_shape=(16, 16, 16)).train()
+    net = NVNet(init_filters=8, spatial_size=(16, 16, 16)).train()
     x = torch.randn(2, 4, 16, 16, 16)
     y = (torch.rand(2, 3, 16, 16, 16) > 0.7).float()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
