@@ -21,9 +21,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["sliding_window_inference", "window_starts", "importance_map", "regions_to_label"]
+__all__ = ["sliding_window_inference", "window_starts", "importance_map", "model_dtype", "as_model_input"]
 
 
 def window_starts(size: int, patch: int, step: int) -> list[int]:
@@ -59,6 +60,11 @@ def importance_map(
 
     Returns:
         A float32 tensor of shape ``patch_size``, strictly positive.
+
+    Example:
+        >>> w = importance_map((5, 5))
+        >>> float(w[2, 2]), bool(w[0, 0] < w[2, 2])
+        (1.0, True)
     """
     if blend == "constant":
         return torch.ones(tuple(patch_size))
@@ -72,6 +78,64 @@ def importance_map(
     w = w / w.max()
     # Keep every weight positive so a corner voxel covered by one window still counts.
     return w.clamp_min(1e-4).float()
+
+
+def model_dtype(model: Callable) -> torch.dtype:
+    """The floating dtype a model's input should have: that of its first parameter.
+
+    ``model`` may be an ``nn.Module`` or a bound method of one (``net.segment``); a
+    callable with no parameters to ask (a plain function, a parameter-free module)
+    gets float32.
+
+    Example:
+        >>> net = torch.nn.Conv3d(1, 2, 3).double()
+        >>> model_dtype(net), model_dtype(net.forward), model_dtype(torch.sigmoid)
+        (torch.float64, torch.float64, torch.float32)
+    """
+    module = model if isinstance(model, nn.Module) else getattr(model, "__self__", None)
+    if isinstance(module, nn.Module):
+        for p in module.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return torch.float32
+
+
+def as_model_input(volume: torch.Tensor | np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """A tensor of ``dtype`` from a NumPy array or a tensor of any real number dtype.
+
+    Floating inputs (float16, float64, ...) and integer inputs (int16 MRI, uint8, ...)
+    are cast to ``dtype``; a tensor already of ``dtype`` is returned as it is (no copy).
+
+    Args:
+        volume: An array or a tensor.
+        dtype: The model's floating dtype (see :func:`model_dtype`).
+
+    Returns:
+        A tensor of ``dtype``, on the input tensor's device (CPU for an array).
+
+    Raises:
+        ValueError: For a dtype that is not a real number: bool, complex, object or
+            strings; the message names the dtype.
+
+    Example:
+        >>> as_model_input(np.zeros((1, 4, 4), np.int16), torch.float32).dtype
+        torch.float32
+    """
+    if isinstance(volume, np.ndarray):
+        if volume.dtype == np.bool_ or volume.dtype.kind not in "iuf":
+            raise ValueError(
+                f"expected an array of real numbers (integer or floating), got dtype {volume.dtype}; "
+                f"cast it yourself if it is meant as numbers (bool masks: .astype(np.float32))"
+            )
+        volume = torch.from_numpy(np.ascontiguousarray(volume))
+    elif not isinstance(volume, torch.Tensor):
+        raise ValueError(f"expected a torch.Tensor or a numpy.ndarray, got {type(volume).__name__}")
+    if volume.dtype == torch.bool or volume.is_complex():
+        raise ValueError(
+            f"expected a tensor of real numbers (integer or floating), got dtype {volume.dtype}; "
+            f"cast it yourself if it is meant as numbers"
+        )
+    return volume.to(dtype)
 
 
 def sliding_window_inference(
@@ -96,9 +160,16 @@ def sliding_window_inference(
     segmentation) is used. The model runs under ``torch.no_grad``; put it in ``eval``
     mode first.
 
+    **Dtypes.** NumPy's default float64 and the integer dtypes of MRI files (int16,
+    uint8, ...) are accepted: the volume is cast to the model's parameter dtype
+    (:func:`model_dtype`; float32 when the callable has no parameters to ask, such as
+    a plain function). A bound method of a module (``net.segment``) is asked through
+    its module. Bool, complex and object inputs raise a ``ValueError``.
+
     Args:
         model: Callable ``(N, C_in, *patch_size) -> (N, C_out, *patch_size)``.
-        volume: ``(B, C_in, *S)`` or unbatched ``(C_in, *S)`` (tensor or array).
+        volume: ``(B, C_in, *S)`` or unbatched ``(C_in, *S)`` (tensor or array) of any
+            integer or floating dtype.
         patch_size: Spatial window size, one entry per spatial axis.
         overlap: Fraction of a window shared with its neighbour, in [0, 1).
             Defaults to 0.5.
@@ -112,11 +183,16 @@ def sliding_window_inference(
 
     Raises:
         ValueError: For a wrong ``patch_size`` length, ``overlap``, ``blend``,
-            ``margin`` too large for the patch, or a model output of the wrong size.
+            ``margin`` too large for the patch, a model output of the wrong size, or a
+            volume whose dtype is not a real number (bool, complex, object).
+
+    Example:
+        >>> x = np.random.default_rng(0).random((1, 20, 20, 20))  # float64, NumPy's default
+        >>> sliding_window_inference(torch.nn.Conv3d(1, 2, 3, padding=1), x, (16, 16, 16)).dtype
+        torch.float32
     """
     unbatched = False
-    if isinstance(volume, np.ndarray):
-        volume = torch.from_numpy(np.ascontiguousarray(volume))
+    volume = as_model_input(volume, model_dtype(model))
     patch_size = tuple(int(p) for p in patch_size)
     n_sp = len(patch_size)
     if volume.ndim == n_sp + 1:
@@ -191,44 +267,3 @@ def sliding_window_inference(
     out = out / norm
     out = out[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)]
     return out[0] if unbatched else out
-
-
-def regions_to_label(regions, threshold: float = 0.5, enhancing_label: int = 4) -> np.ndarray:
-    """Turn nested region maps (WT, TC, ET) into a BraTS label map.
-
-    The three sigmoid channels overlap by design (ET inside TC inside WT). A voxel gets
-    the deepest region it belongs to, keeping the nesting even where the network broke
-    it: ET counts only inside TC and WT, TC only inside WT.
-
-    Args:
-        regions: Probabilities or masks ``(3, *S)`` in the order (WT, TC, ET), a tensor
-            or an array.
-        threshold: Probability above which a voxel is in a region. Defaults to 0.5.
-        enhancing_label: Label of the enhancing tumour: 4 (BraTS 2018) or 3 (2023).
-            Defaults to 4.
-
-    Returns:
-        uint8 ``(*S)``: 0 background, 2 oedema (WT only), 1 necrotic core (TC, not ET),
-        ``enhancing_label`` enhancing tumour.
-
-    Example:
-        >>> regions_to_label(np.array([[0.9, 0.9, 0.9, 0.1], [0.1, 0.8, 0.8, 0.9], [0.1, 0.1, 0.7, 0.9]])).tolist()
-        [2, 1, 4, 0]
-    """
-    if isinstance(regions, torch.Tensor):
-        regions = regions.detach().float().cpu().numpy()
-    regions = np.asarray(regions)
-    if regions.ndim < 2 or regions.shape[0] != 3:
-        raise ValueError(
-            f"regions_to_label: expected (3, *spatial) in the order WT, TC, ET, got shape {regions.shape}"
-        )
-    if enhancing_label not in (3, 4):
-        raise ValueError(f"regions_to_label: enhancing_label must be 3 or 4, got {enhancing_label}")
-    wt = regions[0] > threshold
-    tc = wt & (regions[1] > threshold)
-    et = tc & (regions[2] > threshold)
-    label = np.zeros(regions.shape[1:], dtype=np.uint8)
-    label[wt] = 2
-    label[tc] = 1
-    label[et] = enhancing_label
-    return label

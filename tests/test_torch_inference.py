@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from mednets.data import brats_regions, make_phantom
-from mednets.torch.inference import importance_map, regions_to_label, sliding_window_inference, window_starts
+from mednets.torch.inference import (
+    as_model_input,
+    importance_map,
+    model_dtype,
+    sliding_window_inference,
+    window_starts,
+)
 from mednets.torch.nvnet import NVNet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -72,7 +77,7 @@ def test_2d_and_unbatched_and_numpy_and_small_axes():
 
 def test_runs_nvnet_with_vae_and_keeps_input_size():
     torch.manual_seed(0)
-    net = NVNet(init_filters=8, input_shape=(16, 16, 16)).eval()
+    net = NVNet(init_filters=8, spatial_size=(16, 16, 16)).eval()
     v = torch.randn(1, 4, 28, 16, 16)
     out = sliding_window_inference(net, v, (16, 16, 16), overlap=0.5)
     assert out.shape == (1, 3, 28, 16, 16)
@@ -121,19 +126,66 @@ def test_model_changing_size_is_rejected():
         sliding_window_inference(pool, torch.zeros(1, 2, 20, 20, 20), (16, 16, 16))
 
 
-def test_regions_to_label_inverts_brats_regions():
-    _, label = make_phantom((24, 24, 24), seed=3)
-    assert set(np.unique(label)) == {0, 1, 2, 4}
-    regions = brats_regions(label).astype(np.float32)
-    assert np.array_equal(regions_to_label(regions), label)
-    assert np.array_equal(
-        regions_to_label(torch.from_numpy(regions), enhancing_label=3), np.where(label == 4, 3, label)
-    )
+# ------------------------------------------------------- dtypes (issue 13, kind 3)
 
 
-def test_regions_to_label_enforces_nesting_and_checks_shape():
-    # ET without TC, TC without WT: both fall back to what the parents allow.
-    r = np.array([[0.9, 0.1], [0.2, 0.9], [0.9, 0.9]])
-    assert regions_to_label(r).tolist() == [2, 0]
-    with pytest.raises(ValueError, match=r"\(2, 5\)"):
-        regions_to_label(np.zeros((2, 5)))
+@pytest.mark.parametrize("dtype", [np.float64, np.int16, np.uint8, np.int32, np.float16, np.float32])
+def test_numpy_dtypes_are_cast_to_the_model_dtype(dtype):
+    # The issue's input: nn.Conv3d(1, 2, 3, padding=1) on a (1, 20, 20, 20) array.
+    torch.manual_seed(0)
+    model = torch.nn.Conv3d(1, 2, 3, padding=1).eval()
+    x = (np.random.default_rng(0).random((1, 20, 20, 20)) * 100).astype(dtype)
+    assert sliding_window_inference(model, x, (16, 16, 16)).shape == (2, 20, 20, 20)
+    out = sliding_window_inference(model, x, (16, 16, 16), margin=1)  # margin 1: exact
+    assert out.dtype == torch.float32
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x.astype(np.float32))[None])[0]
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
+
+
+def test_float64_model_gets_float64_input_and_tensors_are_cast_too():
+    model = torch.nn.Conv3d(1, 2, 1).double().eval()
+    seen = []
+
+    def spy(x):
+        seen.append(x.dtype)
+        return x
+
+    x = torch.arange(8 * 8 * 8, dtype=torch.int16).reshape(1, 8, 8, 8)
+    assert sliding_window_inference(model, x, (8, 8, 8)).shape == (2, 8, 8, 8)
+    sliding_window_inference(spy, x, (8, 8, 8))
+    assert seen == [torch.float32]  # a plain function has no parameters: float32
+    assert model_dtype(model) == torch.float64 and model_dtype(model.forward) == torch.float64
+
+
+def test_bound_method_of_a_module_is_asked_through_its_module():
+    torch.manual_seed(0)
+    net = NVNet(init_filters=8, spatial_size=(16, 16, 16)).eval()
+    x = np.random.default_rng(0).standard_normal((4, 16, 16, 16))  # float64
+    assert model_dtype(net.segment) == torch.float32
+    out = sliding_window_inference(net.segment, x, (16, 16, 16))
+    with torch.no_grad():
+        ref = net.segment(torch.from_numpy(x).float()[None])[0]
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "x,match",
+    [
+        (np.zeros((1, 16, 16, 16), bool), "dtype bool"),
+        (np.zeros((1, 16, 16, 16), np.complex64), "dtype complex64"),
+        (np.zeros((1, 16, 16, 16), object), "dtype object"),
+        (torch.zeros(1, 16, 16, 16, dtype=torch.bool), "dtype torch.bool"),
+        (torch.zeros(1, 16, 16, 16, dtype=torch.complex64), "dtype torch.complex64"),
+        ([[0.0]], "got list"),
+    ],
+    ids=["bool", "complex", "object", "tensor-bool", "tensor-complex", "list"],
+)
+def test_dtypes_that_are_not_real_numbers_are_refused(x, match):
+    with pytest.raises(ValueError, match=match):
+        sliding_window_inference(torch.nn.Conv3d(1, 2, 1), x, (16, 16, 16))
+
+
+def test_as_model_input_does_not_copy_a_tensor_of_the_right_dtype():
+    x = torch.zeros(1, 4, 4)
+    assert as_model_input(x, torch.float32) is x
