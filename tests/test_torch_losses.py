@@ -111,3 +111,48 @@ def test_loss_value_errors():
         )
     with pytest.raises(ValueError, match="got 2 items"):
         nvnet_loss((torch.zeros(1, 3, 4, 4), torch.zeros(1, 4, 4, 4)), torch.zeros(1, 3, 4, 4))
+
+
+# ---------------------------------- logits, probabilities, masks (issue 13, kind 5)
+
+
+def test_dice_refuses_logits_and_names_the_range():
+    t = torch.zeros(1, 1, 4, 4, 4)
+    t[..., :2] = 1
+    logits = torch.linspace(-3, 3, 64).reshape(1, 1, 4, 4, 4)
+    with pytest.raises(
+        ValueError, match=r"probabilities in \[0, 1\].*got values in \[-3, 3\].*torch.sigmoid"
+    ):
+        soft_dice_loss(logits, t)
+    assert 0 < float(soft_dice_loss(torch.sigmoid(logits), t)) < 1
+
+
+@pytest.mark.parametrize(
+    "target, match",
+    [
+        (torch.tensor([0.0, 1.0, 2.0, 4.0]), r"got values \[0, 1, 2, 4\].*brats_regions"),  # a label map
+        (torch.tensor([0.0, 0.1, 0.9, 1.0]), r"got values \[0, 0.1, 0.9, 1\]"),  # soft labels
+    ],
+    ids=["label-map", "soft"],
+)
+def test_dice_refuses_targets_that_are_not_binary_masks(target, match):
+    pred = torch.full((1, 1, 4, 4, 4), 0.5)
+    full = target.repeat(16).reshape(1, 1, 4, 4, 4)
+    with pytest.raises(ValueError, match=match):
+        soft_dice_loss(pred, full)
+
+
+def test_dice_accepts_bool_and_integer_masks_and_refuses_integer_predictions():
+    t = torch.zeros(1, 1, 4, 4, 4, dtype=torch.bool)
+    t[..., :2] = True
+    p = t.float()
+    for target in (t, t.to(torch.uint8), t.long()):
+        assert float(soft_dice_loss(p, target)) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="floating probabilities.*torch.int64"):
+        soft_dice_loss(t.long(), t)
+
+
+def test_nvnet_loss_refuses_an_nvnet_that_returns_logits():
+    seg_logits = torch.full((1, 3, 4, 4, 4), -2.0)
+    with pytest.raises(ValueError, match="final_activation='sigmoid'"):
+        nvnet_loss(seg_logits, torch.zeros(1, 3, 4, 4, 4))

@@ -9,6 +9,13 @@ Paper: https://arxiv.org/abs/1810.11654 (Section 2.3). The total is
 * ``L_L2``: the squared error between the input image and the VAE reconstruction;
 * ``L_KL``: the KL divergence between the latent ``N(mu, sigma^2)`` and ``N(0, I)``.
 
+**What each loss takes.** :func:`soft_dice_loss` (and the Dice term of
+:func:`nvnet_loss`) takes *probabilities* in [0, 1] (after the sigmoid, NVNet's default
+``final_activation``) and binary *masks* as targets; logits or label maps would give a
+silently wrong number, so values outside [0, 1] and non-binary targets raise a
+``ValueError``. :func:`l2_loss` takes the image and its reconstruction (any real values);
+:func:`kl_loss` takes means and strictly positive standard deviations (not log-variances).
+
 Example:
     >>> import torch
     >>> p = torch.ones(1, 3, 4, 4, 4)
@@ -32,6 +39,26 @@ def _check_same_shape(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
         )
 
 
+def _check_probabilities_and_masks(pred: torch.Tensor, target: torch.Tensor, what: str) -> None:
+    if not pred.is_floating_point():
+        raise ValueError(f"{what}: expected floating probabilities in [0, 1], got dtype {pred.dtype}")
+    lo, hi = float(pred.detach().min()), float(pred.detach().max())
+    if lo < 0 or hi > 1:
+        raise ValueError(
+            f"{what}: expected probabilities in [0, 1] (after the sigmoid or softmax), got values in "
+            f"[{lo:.4g}, {hi:.4g}]; for logits, apply torch.sigmoid first (NVNet: final_activation='sigmoid')"
+        )
+    if target.dtype != torch.bool:
+        values = torch.unique(target.detach())
+        if bool(((values != 0) & (values != 1)).any()):
+            shown = ", ".join(f"{v:.4g}" for v in values[:6].tolist())
+            raise ValueError(
+                f"{what}: expected binary masks (0/1) as the target, one channel per region, got values "
+                f"[{shown}{', ...' if len(values) > 6 else ''}]; turn a label map into region masks first "
+                f"(mednets.data.brats_regions) and threshold soft targets"
+            )
+
+
 def soft_dice_loss(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -46,14 +73,19 @@ def soft_dice_loss(
     as empty score a Dice of 1 (loss 0) rather than 0.
 
     Args:
-        pred: Probabilities ``(B, C, *S)`` in [0, 1] (after the sigmoid).
-        target: Binary masks, same shape (bool, int or float).
+        pred: Probabilities ``(B, C, *S)`` in [0, 1] (after the sigmoid), not logits.
+        target: Binary masks, same shape (bool, or int or float holding only 0 and 1).
         smooth: The paper's small epsilon. Defaults to 1e-5.
         batch: Sum over the batch before dividing ("batch Dice"); with batch size 1,
             as in the paper, both are the same. Defaults to False.
 
     Returns:
         A scalar tensor in [0, 1].
+
+    Raises:
+        ValueError: If the shapes differ, ``pred`` has fewer than 3 axes, is not floating
+            or has values outside [0, 1] (logits), or ``target`` holds values other than
+            0 and 1 (a label map, soft labels); the message names the values found.
 
     Example:
         >>> t = torch.zeros(1, 1, 4, 4); t[..., :2, :] = 1
@@ -63,6 +95,7 @@ def soft_dice_loss(
     _check_same_shape(pred, target, "soft_dice_loss")
     if pred.ndim < 3:
         raise ValueError(f"soft_dice_loss: expected (B, C, *spatial), got shape {tuple(pred.shape)}")
+    _check_probabilities_and_masks(pred, target, "soft_dice_loss")
     target = target.to(pred.dtype)
     dims = tuple(range(2, pred.ndim))
     if batch:
@@ -80,11 +113,18 @@ def l2_loss(recon: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     number of elements so that its weight (0.1) does not depend on the crop size.
 
     Args:
-        recon: VAE output ``(B, C, *S)``.
+        recon: VAE output ``(B, C, *S)``, any real values.
         image: The network's input, same shape.
 
     Returns:
         A scalar tensor.
+
+    Raises:
+        ValueError: If the shapes differ.
+
+    Example:
+        >>> float(l2_loss(torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)))
+        1.0
     """
     _check_same_shape(recon, image, "l2_loss")
     return F.mse_loss(recon, image)
@@ -99,13 +139,17 @@ def kl_loss(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
     Args:
         mu: Means ``(B, latent)``.
-        sigma: Standard deviations, same shape, strictly positive.
+        sigma: Standard deviations, same shape, strictly positive (not log-variances).
 
     Returns:
         A scalar tensor, 0 exactly when ``mu = 0`` and ``sigma = 1``.
 
     Raises:
         ValueError: If the shapes differ or some ``sigma <= 0``.
+
+    Example:
+        >>> float(kl_loss(torch.zeros(2, 8), torch.ones(2, 8)))
+        0.0
     """
     _check_same_shape(mu, sigma, "kl_loss")
     if bool((sigma <= 0).any()):
@@ -115,7 +159,7 @@ def kl_loss(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 def nvnet_loss(
-    output,
+    output: torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor],
     target: torch.Tensor,
     image: torch.Tensor | None = None,
     w_l2: float = 0.1,
@@ -126,8 +170,9 @@ def nvnet_loss(
 
     Args:
         output: The network's output: ``(seg, recon, mu, sigma)`` from an NVNet with
-            the VAE on, or ``seg`` alone (then only the Dice term is used).
-        target: Region masks ``(B, C_out, *S)``.
+            the VAE on, or ``seg`` alone (then only the Dice term is used). ``seg``
+            holds probabilities (NVNet's default ``final_activation="sigmoid"``).
+        target: Binary region masks ``(B, C_out, *S)``.
         image: The input image ``(B, C_in, *S)``, needed with the VAE. Defaults to None.
         w_l2: Weight of the L2 term. Defaults to 0.1.
         w_kl: Weight of the KL term. Defaults to 0.1.
@@ -138,7 +183,8 @@ def nvnet_loss(
         terms are left out).
 
     Raises:
-        ValueError: If the VAE outputs are given without ``image``.
+        ValueError: If the VAE outputs are given without ``image``, or any part gets
+            input it does not take (see :func:`soft_dice_loss`, :func:`kl_loss`).
 
     Example:
         >>> seg = torch.ones(1, 3, 4, 4, 4)
@@ -177,13 +223,24 @@ class NVNetLoss:
     Args:
         w_l2: Weight of the L2 term. Defaults to 0.1.
         w_kl: Weight of the KL term. Defaults to 0.1.
+
+    Example:
+        >>> seg = torch.ones(1, 3, 4, 4, 4)
+        >>> loss, parts = NVNetLoss()(seg, seg)
+        >>> float(loss), sorted(parts)
+        (0.0, ['dice'])
     """
 
     def __init__(self, w_l2: float = 0.1, w_kl: float = 0.1):
         self.w_l2 = w_l2
         self.w_kl = w_kl
 
-    def __call__(self, output, target):
+    def __call__(
+        self,
+        output: torch.Tensor | tuple[torch.Tensor, ...],
+        target: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``nvnet_loss(output, regions, image)`` with ``target = (regions, image)`` or ``regions``."""
         if isinstance(target, (tuple, list)):
             regions, image = target
         else:
