@@ -395,3 +395,8 @@ def test_cli_label_convention(tmp_path, capsys):
     assert not out.exists()
     assert convert_main([str(tmp_path / "data"), str(out), "--quiet", "--label-convention", "brats2018"]) == 0
     assert H5Volumes(out).label_convention == "brats2018"
+
+
+def test_read_patch_outside_names_the_subject(store_path):
+    with pytest.raises(ValueError, match=r"subject 'ph1' in .*phantoms.h5: patch start \(30, 0, 0\)"):
+        H5Volumes(store_path).read_patch("ph1", (30, 0, 0), (16, 16, 16))

@@ -547,7 +547,10 @@ class H5Volumes:
         """
         group = self._group(sid)
         start, size = as_triple("start", start), as_triple("size", size)
-        check_patch_inside(start, size, self._shapes[sid])
+        try:
+            check_patch_inside(start, size, self._shapes[sid])
+        except ValueError as err:
+            raise ValueError(f"subject {sid!r} in {self.path}: {err}") from None
         box = tuple(slice(s, s + n) for s, n in zip(start, size))
         image = group["image"][(slice(None),) + box]
         label = group["label"][box] if "label" in group else None

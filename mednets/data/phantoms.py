@@ -7,7 +7,7 @@ contrasts, and (optionally) a tumour made of three nested sub-regions placed at 
 position. Everything is vectorised NumPy and deterministic by ``seed``.
 
 Channel order is ``(flair, t1, t1ce, t2)``; labels follow the BraTS 2018 convention
-(0 background, 1 necrotic core, 2 oedema, 4 enhancing tumour).
+(0 background, 1 necrotic core, 2 oedema, 4 enhancing tumour): ``label_convention="brats2018"``.
 """
 
 from __future__ import annotations
