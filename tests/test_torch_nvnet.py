@@ -319,3 +319,12 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch():
     with torch.no_grad():
         after = loss_at(1)
     assert float(after) < float(before.detach())
+
+
+def test_vae_bottleneck_refuses_features_of_another_size():
+    vae = VAEBottleneck(3, 16, (4, 4, 4), latent_dim=8)
+    assert vae(torch.zeros(2, 16, 4, 4, 4))[0].shape == (2, 16, 4, 4, 4)
+    with pytest.raises(
+        ValueError, match=r"sized for features \(B, 16, 4, 4, 4\), got shape \(2, 16, 4, 4, 6\)"
+    ):
+        vae(torch.zeros(2, 16, 4, 4, 6))

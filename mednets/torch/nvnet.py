@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -321,7 +322,18 @@ class VAEBottleneck(nn.Module):
         self.conv_up = conv(mid_channels, in_channels, kernel_size=1)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, C, *S) -> mu, sigma``, each ``(B, latent_dim)`` with ``sigma > 0``."""
+        """``(B, C, *S) -> mu, sigma``, each ``(B, latent_dim)`` with ``sigma > 0``.
+
+        Raises:
+            ValueError: If ``S`` is not ``bottom_shape`` (the dense layer's size).
+        """
+        bottom_shape = tuple(2 * s for s in self.reduced_shape)
+        check_input(x, len(bottom_shape), self.norm.num_channels, what="VAEBottleneck")
+        if tuple(x.shape[2:]) != bottom_shape:
+            raise ValueError(
+                f"VAEBottleneck: its dense layer is sized for features (B, {self.norm.num_channels}, "
+                f"{', '.join(map(str, bottom_shape))}), got shape {tuple(x.shape)}"
+            )
         h = self.conv_down(F.relu(self.norm(x)))  # (B, 16, *S/2)
         stats = self.to_latent(h.flatten(1))  # (B, 2 * latent); any batch size
         mu, raw = stats.chunk(2, dim=1)
@@ -494,7 +506,7 @@ class NVNet(nn.Module):
         return seg, recon, mu, sigma
 
 
-def nvnet_paper(**kwargs: object) -> NVNet:
+def nvnet_paper(**kwargs: Any) -> NVNet:
     """The paper's configuration: 4 -> 3 channels, 32 filters, 160x192x128 crops, VAE on.
 
     Keyword arguments override the defaults (see :class:`NVNet`). It has 26,037,847

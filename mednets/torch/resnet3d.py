@@ -56,6 +56,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -632,7 +633,7 @@ class ResNet3d(nn.Module):
         return self.fc(x)  # (B, num_classes)
 
 
-def resnet3d(num_layers: int, in_channels: int = 3, **kwargs) -> ResNet3d:
+def resnet3d(num_layers: int, in_channels: int = 3, **kwargs: Any) -> ResNet3d:
     """A 3D ResNet with ``num_layers`` layers and mmaction2's defaults (see :class:`ResNet3d`).
 
     Input ``(B, C, D, H, W)`` with the slice axis first (:func:`mednets.data.depth_first`).
@@ -644,7 +645,7 @@ def resnet3d(num_layers: int, in_channels: int = 3, **kwargs) -> ResNet3d:
     return ResNet3d(num_layers, in_channels=in_channels, spatial_dims=3, **kwargs)
 
 
-def i3d_resnet50(in_channels: int = 3, num_classes: int | None = None, **kwargs) -> ResNet3d:
+def i3d_resnet50(in_channels: int = 3, num_classes: int | None = None, **kwargs: Any) -> ResNet3d:
     """The I3D ResNet-50 backbone of mmaction2 (27,223,872 parameters without a head).
 
     conv1 (5,7,7) with stride (2,2,2); max-pool (1,3,3) with stride (2,2,2); pool2
@@ -678,7 +679,9 @@ def i3d_resnet50(in_channels: int = 3, num_classes: int | None = None, **kwargs)
     return ResNet3d(50, in_channels=in_channels, num_classes=num_classes, spatial_dims=3, **settings)
 
 
-def resnet2d(num_layers: int, in_channels: int = 3, num_classes: int | None = 1000, **kwargs) -> ResNet3d:
+def resnet2d(
+    num_layers: int, in_channels: int = 3, num_classes: int | None = 1000, **kwargs: Any
+) -> ResNet3d:
     """The 2D ResNet of He et al. with torchvision's module and ``state_dict`` names.
 
     Built by the same code as the 3D network (``spatial_dims=2``), so its keys are those
