@@ -3,8 +3,9 @@
 Importing this package imports Keras. It sets two environment defaults first, without
 overriding yours: ``KERAS_BACKEND=tensorflow`` and ``TF_CPP_MIN_LOG_LEVEL=2`` (keeps
 TensorFlow's C++ start-up log lines out of notebooks). Sub-modules (``core``,
-``blocks``, ``classifiers3d``, ``unet3plus``, ``resnet34_unet``, ``losses``) are
-imported on demand.
+``blocks``, ``classifiers3d``, ``unet``, ``unet3plus``, ``resnet34_unet``, ``losses``,
+``data``, ``train``) are imported on demand; :func:`count_params` is
+:func:`mednets.keras.core.count_params`.
 """
 
 from __future__ import annotations
@@ -37,31 +38,11 @@ def _quiet_native_stderr():
 
 
 with _quiet_native_stderr():
-    import keras
+    import keras  # noqa: F401  (imported here, quietly, before anything else)
     import tensorflow as tf
 
     tf.config.list_physical_devices()  # CUDA probing happens here, quietly
 
-import numpy as np  # noqa: E402
+from mednets.keras.core import count_params  # noqa: E402  (the one function, re-exported)
 
 __all__ = ["count_params"]
-
-
-def count_params(model, trainable_only: bool = False) -> int:
-    """Number of parameters of a Keras model or layer.
-
-    Keras counts the moving mean and variance of batch normalisation as
-    (non-trainable) parameters, so ``count_params(m)`` equals the "Total params" of
-    ``m.summary()`` and ``count_params(m, trainable_only=True)`` its "Trainable params".
-
-    Args:
-        model: A built ``keras.Model`` or ``keras.layers.Layer``.
-        trainable_only: Count only trainable weights. Defaults to False.
-
-    Returns:
-        The parameter count as a Python int.
-    """
-    if not isinstance(model, keras.layers.Layer):
-        raise ValueError(f"expected a keras Model or Layer, got {type(model).__name__}")
-    weights = model.trainable_weights if trainable_only else model.weights
-    return int(sum(int(np.prod(w.shape)) for w in weights))

@@ -26,9 +26,6 @@ import keras
 from keras import layers
 
 from mednets.keras.blocks import (
-    _as_tuple,
-    _check_positive,
-    _check_rate,
     dense_block,
     inception_resnet_block,
     reduction_block,
@@ -38,11 +35,16 @@ from mednets.keras.blocks import (
 from mednets.keras.core import (
     GLOBAL_AVG_POOL,
     MAXPOOL,
+    InputCheck,
+    as_spatial_tuple,
+    check_final_activation,
+    check_input_shape,
+    check_positive_int,
+    check_rate,
     conv_norm_act,
     norm_layer,
     spatial_dims_from_shape,
 )
-from mednets.utils import check_divisible
 
 __all__ = [
     "resnet",
@@ -50,59 +52,20 @@ __all__ = [
     "inception_resnet",
     "CLASSIFIERS",
     "total_stride",
-    "check_input_shape",
 ]
 
 
-def total_stride(num_downsamples: int, down_strides, spatial_dims: int) -> tuple[int, ...]:
+def total_stride(
+    num_downsamples: int, down_strides: int | Sequence[int], spatial_dims: int
+) -> tuple[int, ...]:
     """Total down-sampling factor per spatial axis after ``num_downsamples`` steps.
 
     Example:
         >>> total_stride(3, (2, 2, 1), 3)
         (8, 8, 1)
     """
-    strides = _as_tuple(down_strides, spatial_dims, "down_strides")
+    strides = as_spatial_tuple(down_strides, spatial_dims, "down_strides")
     return tuple(s**num_downsamples for s in strides)
-
-
-def check_input_shape(input_shape, stride, name: str = "model") -> int:
-    """Validate a channels-last input shape (no batch axis) against a network stride.
-
-    Args:
-        input_shape: ``(H, W, C)`` or ``(D, H, W, C)``.
-        stride: The network's total stride per spatial axis (tuple) or an int.
-        name: Network name for the message. Defaults to "model".
-
-    Returns:
-        The number of spatial dimensions, 2 or 3.
-
-    Raises:
-        ValueError: if the rank is wrong, the channel count is not a positive int, or
-            a spatial size is not a multiple of the stride; the message names the
-            expected and actual shapes.
-    """
-    input_shape = tuple(input_shape)
-    dims = spatial_dims_from_shape(input_shape)
-    channels = input_shape[-1]
-    if not isinstance(channels, int) or channels < 1:
-        raise ValueError(
-            f"{name}: the last axis of input_shape {input_shape} must be a positive channel "
-            f"count (channels-last), got {channels!r}"
-        )
-    stride = _as_tuple(stride, dims, "stride")
-    spatial = input_shape[:-1]
-    for divisor in sorted(set(stride)):
-        if divisor == 1:
-            continue
-        masked = tuple(s if t == divisor else None for s, t in zip(spatial, stride))
-        try:
-            check_divisible(masked, divisor, what=f"{name} input")
-        except ValueError as err:
-            raise ValueError(
-                f"{err}. Expected input_shape (*spatial, C) with spatial sizes divisible "
-                f"by the total stride {stride}; got input_shape {input_shape}"
-            ) from None
-    return dims
 
 
 def _check_stages(filters: Sequence[int], blocks: Sequence[int], what_f: str, what_b: str):
@@ -113,9 +76,9 @@ def _check_stages(filters: Sequence[int], blocks: Sequence[int], what_f: str, wh
             f"{what_f}={filters} ({len(filters)}) and {what_b}={blocks} ({len(blocks)})"
         )
     for f in filters:
-        _check_positive(f, what_f)
+        check_positive_int(f, what_f)
     for b in blocks:
-        _check_positive(b, what_b)
+        check_positive_int(b, what_b)
     return filters, blocks
 
 
@@ -127,7 +90,7 @@ def _stem(x, init_filters, stem_kernel, pool_strides, norm, act, name):
     return MAXPOOL[dims](pool_size=3, strides=pool_strides, padding="same", name=f"{name}_stem_pool")(x)
 
 
-def _head(x, num_classes, include_top, pooling, dropout, classifier_activation, name):
+def _head(x, num_classes, include_top, pooling, dropout, final_activation, name):
     dims = len(x.shape) - 2
     if include_top or pooling == "avg":
         x = GLOBAL_AVG_POOL[dims](name=f"{name}_gap")(x)  # (B, *S, C) -> (B, C)
@@ -136,24 +99,41 @@ def _head(x, num_classes, include_top, pooling, dropout, classifier_activation, 
     if include_top:
         if dropout:
             x = layers.Dropout(dropout, name=f"{name}_head_drop")(x)
-        x = layers.Dense(num_classes, activation=classifier_activation, name=f"{name}_head_dense")(
+        x = layers.Dense(num_classes, activation=final_activation, name=f"{name}_head_dense")(
             x
         )  # (B, C) -> (B, num_classes)
     return x
 
 
 def _check_common(
-    input_shape, num_classes, init_filters, dropout, num_downsamples, down_strides, stem_kernel, name
+    input_shape,
+    num_classes,
+    init_filters,
+    dropout,
+    num_downsamples,
+    down_strides,
+    stem_kernel,
+    final_activation,
+    name,
 ):
+    """Check the shared arguments; return the input shape, dims and per-axis down strides."""
     input_shape = tuple(input_shape)
     dims = spatial_dims_from_shape(input_shape)
-    _check_positive(num_classes, "num_classes")
-    _check_positive(init_filters, "init_filters")
-    _check_positive(stem_kernel, "stem_kernel")
-    _check_rate(dropout)
+    check_positive_int(num_classes, "num_classes")
+    check_final_activation(final_activation, num_classes)
+    check_positive_int(init_filters, "init_filters")
+    check_positive_int(stem_kernel, "stem_kernel")
+    check_rate(dropout)
     stride = total_stride(num_downsamples, down_strides, dims)
     check_input_shape(input_shape, stride, name=name)
-    return input_shape, dims, _as_tuple(down_strides, dims, "down_strides")
+    return input_shape, dims, as_spatial_tuple(down_strides, dims, "down_strides")
+
+
+def _input(input_shape, down, num_downsamples, name):
+    """``keras.Input`` and the same tensor after :class:`~mednets.keras.core.InputCheck`."""
+    inputs = keras.Input(input_shape, name=f"{name}_input")
+    stride = tuple(s**num_downsamples for s in down)
+    return inputs, InputCheck(stride, input_shape[-1], name, name=f"{name}_input_check")(inputs)
 
 
 def resnet(
@@ -169,7 +149,7 @@ def resnet(
     dropout: float = 0.0,
     include_top: bool = True,
     pooling: str | None = "avg",
-    classifier_activation: str | None = "softmax",
+    final_activation: str | None = "softmax",
     name: str = "resnet",
 ):
     """ResNet classifier built from basic residual blocks, 2D or 3D.
@@ -196,8 +176,7 @@ def resnet(
         include_top: Add the classifier. Defaults to True.
         pooling: Without the top, "avg" returns pooled features (B, C) and None the
             last feature map. Defaults to "avg".
-        classifier_activation: Activation of the last layer (None for logits).
-            Defaults to "softmax".
+        final_activation: None (logits), "sigmoid" or "softmax". Defaults to "softmax".
         name: Model name and layer-name prefix. Defaults to "resnet".
 
     Returns:
@@ -210,17 +189,25 @@ def resnet(
     """
     stage_filters, stage_blocks = _check_stages(stage_filters, stage_blocks, "stage_filters", "stage_blocks")
     input_shape, dims, down = _check_common(
-        input_shape, num_classes, init_filters, dropout, len(stage_filters), down_strides, stem_kernel, name
+        input_shape,
+        num_classes,
+        init_filters,
+        dropout,
+        len(stage_filters),
+        down_strides,
+        stem_kernel,
+        final_activation,
+        name,
     )
-    inputs = keras.Input(input_shape, name=f"{name}_input")
-    x = _stem(inputs, init_filters, stem_kernel, down, norm, act, name)
+    inputs, x = _input(input_shape, down, len(stage_filters), name)
+    x = _stem(x, init_filters, stem_kernel, down, norm, act, name)
     for s, (filters, blocks) in enumerate(zip(stage_filters, stage_blocks), start=1):
         for b in range(1, blocks + 1):
             strides = down if (s > 1 and b == 1) else 1  # halve at the start of a stage
             x = residual_block(
                 x, filters, strides=strides, norm=norm, act=act, name=f"{name}_stage{s}_block{b}"
             )
-    outputs = _head(x, num_classes, include_top, pooling, dropout, classifier_activation, name)
+    outputs = _head(x, num_classes, include_top, pooling, dropout, final_activation, name)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -228,7 +215,7 @@ def densenet(
     input_shape,
     num_classes: int = 2,
     init_filters: int = 32,
-    block_layers: Sequence[int] = (6, 12, 18, 12),
+    stage_blocks: Sequence[int] = (6, 12, 18, 12),
     growth_rate=32,
     reduction: float = 0.5,
     bottleneck: int = 4,
@@ -239,12 +226,12 @@ def densenet(
     dropout: float = 0.0,
     include_top: bool = True,
     pooling: str | None = "avg",
-    classifier_activation: str | None = "softmax",
+    final_activation: str | None = "softmax",
     name: str = "densenet",
 ):
     """DenseNet-BC classifier (bottleneck layers and compressing transitions), 2D or 3D.
 
-    Dense block i has ``block_layers[i]`` layers; a transition layer (compression
+    Dense block i has ``stage_blocks[i]`` layers; a transition layer (compression
     ``reduction``, average pooling) sits between blocks. Normalisation and activation
     close the last block, because DenseNet layers are pre-activated.
 
@@ -253,10 +240,10 @@ def densenet(
 
     Args:
         input_shape: ``(H, W, C)`` or ``(D, H, W, C)``; sizes divisible by
-            ``down_strides ** len(block_layers)``.
+            ``down_strides ** len(stage_blocks)``.
         num_classes: Output classes. Defaults to 2.
         init_filters: Channels of the stem convolution. Defaults to 32.
-        block_layers: Layers per dense block. Defaults to (6, 12, 18, 12) (the seed's).
+        stage_blocks: Layers per dense block. Defaults to (6, 12, 18, 12) (the seed's).
         growth_rate: k, an int for all blocks or one per block. Defaults to 32.
         reduction: Transition compression theta in (0, 1]. Defaults to 0.5.
         bottleneck: Bottleneck factor of each dense layer (0 for none). Defaults to 4.
@@ -268,28 +255,36 @@ def densenet(
         dropout: Dropout inside dense layers and before the classifier. Defaults to 0.0.
         include_top: Add the classifier. Defaults to True.
         pooling: Without the top, "avg" or None (feature map). Defaults to "avg".
-        classifier_activation: Activation of the last layer. Defaults to "softmax".
+        final_activation: None (logits), "sigmoid" or "softmax". Defaults to "softmax".
         name: Model name and layer-name prefix. Defaults to "densenet".
 
     Returns:
         A ``keras.Model``: (B, *S, C_in) -> (B, num_classes).
 
     Example:
-        >>> m = densenet((32, 32, 1), block_layers=(2, 2), growth_rate=4)
+        >>> m = densenet((32, 32, 1), stage_blocks=(2, 2), growth_rate=4)
         >>> m.output_shape
         (None, 2)
     """
-    block_layers = tuple(block_layers)
-    growth = (growth_rate,) * len(block_layers) if isinstance(growth_rate, int) else tuple(growth_rate)
-    _check_stages(growth, block_layers, "growth_rate", "block_layers")
+    stage_blocks = tuple(stage_blocks)
+    growth = (growth_rate,) * len(stage_blocks) if isinstance(growth_rate, int) else tuple(growth_rate)
+    _check_stages(growth, stage_blocks, "growth_rate", "stage_blocks")
     if not 0.0 < float(reduction) <= 1.0:
         raise ValueError(f"reduction must be in (0, 1], got {reduction!r}")
     input_shape, dims, down = _check_common(
-        input_shape, num_classes, init_filters, dropout, len(block_layers), down_strides, stem_kernel, name
+        input_shape,
+        num_classes,
+        init_filters,
+        dropout,
+        len(stage_blocks),
+        down_strides,
+        stem_kernel,
+        final_activation,
+        name,
     )
-    inputs = keras.Input(input_shape, name=f"{name}_input")
-    x = _stem(inputs, init_filters, stem_kernel, down, norm, act, name)
-    for i, (num_layers, k) in enumerate(zip(block_layers, growth), start=1):
+    inputs, x = _input(input_shape, down, len(stage_blocks), name)
+    x = _stem(x, init_filters, stem_kernel, down, norm, act, name)
+    for i, (num_layers, k) in enumerate(zip(stage_blocks, growth), start=1):
         if i > 1:
             x = transition_layer(
                 x,
@@ -314,7 +309,7 @@ def densenet(
     if n is not None:
         x = n(x)
     x = layers.Activation(act, name=f"{name}_final_act")(x)
-    outputs = _head(x, num_classes, include_top, pooling, dropout, classifier_activation, name)
+    outputs = _head(x, num_classes, include_top, pooling, dropout, final_activation, name)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -332,7 +327,7 @@ def inception_resnet(
     dropout: float = 0.0,
     include_top: bool = True,
     pooling: str | None = "avg",
-    classifier_activation: str | None = "softmax",
+    final_activation: str | None = "softmax",
     name: str = "inception_resnet",
 ):
     """Simplified Inception-ResNet classifier, 2D or 3D.
@@ -360,7 +355,7 @@ def inception_resnet(
         dropout: Dropout before the classifier. Defaults to 0.0.
         include_top: Add the classifier. Defaults to True.
         pooling: Without the top, "avg" or None (feature map). Defaults to "avg".
-        classifier_activation: Activation of the last layer. Defaults to "softmax".
+        final_activation: None (logits), "sigmoid" or "softmax". Defaults to "softmax".
         name: Model name and layer-name prefix. Defaults to "inception_resnet".
 
     Returns:
@@ -373,10 +368,18 @@ def inception_resnet(
     """
     stage_filters, stage_blocks = _check_stages(stage_filters, stage_blocks, "stage_filters", "stage_blocks")
     input_shape, dims, down = _check_common(
-        input_shape, num_classes, init_filters, dropout, len(stage_filters), down_strides, stem_kernel, name
+        input_shape,
+        num_classes,
+        init_filters,
+        dropout,
+        len(stage_filters),
+        down_strides,
+        stem_kernel,
+        final_activation,
+        name,
     )
-    inputs = keras.Input(input_shape, name=f"{name}_input")
-    x = _stem(inputs, init_filters, stem_kernel, down, norm, act, name)
+    inputs, x = _input(input_shape, down, len(stage_filters), name)
+    x = _stem(x, init_filters, stem_kernel, down, norm, act, name)
     for s, (filters, blocks) in enumerate(zip(stage_filters, stage_blocks), start=1):
         if s > 1:
             # (B, *S, C) -> (B, *S / s, C + 2 * filters)
@@ -386,7 +389,7 @@ def inception_resnet(
             x = inception_resnet_block(
                 x, max(1, filters // 2), scale=scale, norm=norm, act=act, name=f"{name}_stage{s}_block{b}"
             )
-    outputs = _head(x, num_classes, include_top, pooling, dropout, classifier_activation, name)
+    outputs = _head(x, num_classes, include_top, pooling, dropout, final_activation, name)
     return keras.Model(inputs, outputs, name=name)
 
 

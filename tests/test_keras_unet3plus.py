@@ -1,4 +1,4 @@
-"""Tests of mednets.keras.unet3plus (and the plain UNet and phantom slices it uses)."""
+"""Tests of mednets.keras.unet3plus (and the plain UNet, UNet 3+ on ResNet34, phantom slices)."""
 
 import itertools
 
@@ -8,7 +8,14 @@ import tensorflow as tf
 
 from mednets.data.slices import phantom_slices
 from mednets.keras import count_params
+from mednets.keras.blocks import unet_encoder
 from mednets.keras.losses import hybrid_loss
+from mednets.keras.resnet34_unet import (
+    extract_encoder,
+    resnet34_classifier,
+    resnet_encoder,
+    save_encoder_weights,
+)
 from mednets.keras.unet import unet
 from mednets.keras.unet3plus import (
     CGMGate,
@@ -17,6 +24,8 @@ from mednets.keras.unet3plus import (
     cgm_inference_model,
     full_scale_sources,
     unet3plus,
+    unet3plus_decoder,
+    unet3plus_resnet34,
 )
 
 TINY = (8, 16, 32, 64, 128)
@@ -77,7 +86,10 @@ SHAPE_CASES = list(itertools.product([2, 3], [False, True], [False, True]))
 def test_output_shapes(dims, ds, cgm):
     spatial = (32,) * dims if dims == 2 else (16,) * dims
     classes = 3 if cgm else 1
-    model = unet3plus(spatial + (2,), num_classes=classes, filters=TINY, deep_supervision=ds, cgm=cgm)
+    act = "softmax" if classes > 1 else "sigmoid"
+    model = unet3plus(
+        spatial + (2,), out_channels=classes, filters=TINY, deep_supervision=ds, cgm=cgm, final_activation=act
+    )
     x = np.random.default_rng(0).random((2,) + spatial + (2,)).astype("float32")
     out = model(x, training=False)
     if not ds and not cgm:
@@ -130,14 +142,17 @@ def test_options_build_and_run(norm, down):
     if down == "avg":  # double_features doubles each encoder block's output
         assert model.get_layer("unet3plus_enc5_conv2_conv").filters == 2 * TINY[-1]
     if down == "conv":
-        assert "unet3plus_enc1_add" in names
+        assert "unet3plus_enc2_add" in names
 
 
 def test_residual_block_is_identity_free_when_widths_match():
     model = unet3plus((32, 32, 8), filters=(8, 16, 32, 64, 128), residual=True)
     names = {lay.name for lay in model.layers}
-    assert "unet3plus_enc1_shortcut_conv" not in names  # 8 -> 8 channels: plain identity
-    assert "unet3plus_enc2_shortcut_conv" in names
+    assert "unet3plus_enc1_proj_conv" not in names  # 8 -> 8 channels: plain identity
+    assert "unet3plus_enc2_proj_conv" in names
+    # the same post-activation residual block as the Chapter 1 ResNet: norm before the
+    # addition, activation after it
+    assert "unet3plus_enc2_add" in names and "unet3plus_enc2_out" in names
 
 
 # ---------------------------------------------------------------- blocks
@@ -265,15 +280,151 @@ def test_bad_input_shape_raises(shape, msg):
     [
         (dict(norm="weird"), "norm must be one of"),
         (dict(down="strided"), "down must be one of"),
-        (dict(num_classes=0), "num_classes must be a positive int, got 0"),
+        (dict(out_channels=0), "out_channels must be a positive int, got 0"),
         (dict(filters=(8,)), "filters must be at least 2"),
+        (dict(final_activation="softmax"), "softmax.*out_channels=1 is 1 everywhere"),
+        (dict(final_activation="relu"), "final_activation must be one of"),
     ],
-    ids=["norm", "down", "classes", "filters"],
+    ids=["norm", "down", "channels", "filters", "softmax-1", "activation"],
 )
 def test_bad_options_raise(kwargs, msg):
     kwargs = {"filters": TINY, **kwargs}
     with pytest.raises(ValueError, match=msg):
         unet3plus((32, 32, 1), **kwargs)
+
+
+def test_logits_output_and_cgm_needs_probabilities():
+    model = unet3plus((32, 32, 1), filters=TINY, cgm=True, final_activation=None)
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 1)).astype("float32")
+    assert model.get_layer("unet3plus_seg").activation.__name__ == "linear"
+    seg = model(x, training=False)["seg"].numpy()
+    assert seg.min() < 0 or seg.max() > 1  # logits, not probabilities
+    with pytest.raises(ValueError, match="gates probabilities.*'linear'"):
+        cgm_inference_model(model)
+
+
+# ---------------------------------------------------------------- bad input when called
+
+
+def test_called_on_wrong_channels_or_rank_raises():
+    model = unet3plus((32, 32, 2), filters=TINY)
+    # Keras checks a fixed input shape itself; InputCheck checks what Keras lets through.
+    expected = r"(expects 2 input channels|expected shape=\(None, 32, 32, 2\))"
+    with pytest.raises(ValueError, match=expected + r".*\(1, 32, 32, 3\)"):
+        model(np.zeros((1, 32, 32, 3), "float32"))
+    with pytest.raises(ValueError, match=expected):
+        model.predict(np.zeros((2, 32, 32, 3), "float32"), verbose=0)
+    with pytest.raises(ValueError, match=r"rank|expected shape"):  # no batch axis
+        model(np.zeros((32, 32, 2), "float32"))
+    free = unet((None, None, 2), filters=(4, 8))
+    with pytest.raises(ValueError, match=r"(expects 2 input channels|expected shape).*\(1, 8, 8, 3\)"):
+        free(np.zeros((1, 8, 8, 3), "float32"))
+
+
+def test_unet_with_none_sizes_checks_the_size_when_called():
+    model = unet((None, None, 1), filters=(4, 8, 16))  # total stride 4
+    assert model(np.zeros((1, 12, 8, 1), "float32")).shape == (1, 12, 8, 1)
+    with pytest.raises(ValueError, match=r"axis 0: 10 \(nearest valid: 8 or 12\)"):
+        model(np.zeros((1, 10, 8, 1), "float32"))
+    with pytest.raises(ValueError, match=r"axis 1: 6 \(nearest valid: 4 or 8\)"):
+        model.predict(np.zeros((2, 8, 6, 1), "float32"), verbose=0)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "int16", "uint8", "float16"])
+def test_numpy_dtypes_are_accepted(dtype):
+    model = unet((None, None, 1), filters=(4, 8))
+    x = (np.random.default_rng(0).random((1, 8, 8, 1)) * 100).astype(dtype)
+    want = model(x.astype("float32"), training=False).numpy()
+    np.testing.assert_allclose(model(x, training=False).numpy(), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.predict(x, verbose=0), want, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_norm_is_built_with_pytorch_defaults_for_every_norm_layer():
+    model = unet3plus((32, 32, 1), filters=TINY, down="normconv", residual=True)
+    bns = [lay for lay in model.layers if isinstance(lay, tf.keras.layers.BatchNormalization)]
+    assert bns and all(b.momentum == 0.9 and b.epsilon == 1e-5 for b in bns)
+    keras_default = unet3plus((32, 32, 1), filters=TINY, bn_momentum=0.99, bn_epsilon=1e-3)
+    bns = [lay for lay in keras_default.layers if isinstance(lay, tf.keras.layers.BatchNormalization)]
+    assert all(b.momentum == 0.99 and b.epsilon == 1e-3 for b in bns)
+
+
+# ---------------------------------------------------------------- one encoder contract
+
+
+@pytest.mark.parametrize("dims", [2, 3], ids=["2d", "3d"])
+def test_encoders_keep_the_contract(dims):
+    """Both encoders give their features finest first and state channels and reductions."""
+    spatial = (64,) * dims
+    x = tf.keras.Input(spatial + (2,))
+    unet_feats = unet_encoder(x, (4, 8, 16, 32), name=f"e{dims}")
+    assert unet_feats.channels == (4, 8, 16, 32) and unet_feats.reductions == (1, 2, 4, 8)
+    resnet_feats = resnet_encoder(x, init_filters=4)
+    assert resnet_feats.channels == (4, 4, 8, 16, 32)
+    assert resnet_feats.reductions == (2, 4, 8, 16, 32)
+    for feats in (unet_feats, resnet_feats):
+        for f, c, r in zip(feats, feats.channels, feats.reductions):
+            assert tuple(f.shape) == (None,) + tuple(s // r for s in spatial) + (c,)
+    maps = unet3plus_decoder(resnet_feats, skip_filters=4, name=f"d{dims}")
+    assert tuple(maps["d1"].shape) == (None,) + (32,) * dims + (5 * 4,)
+    with pytest.raises(ValueError, match="EncoderFeatures of at least 2 maps"):
+        unet3plus_decoder([resnet_feats[0]])
+
+
+@pytest.mark.parametrize("dims", [2, 3], ids=["2d", "3d"])
+def test_unet3plus_resnet34_shapes_and_gradients(dims):
+    spatial = (64, 32) if dims == 2 else (32, 32, 64)
+    model = unet3plus_resnet34(
+        spatial + (3,),
+        out_channels=2,
+        init_filters=4,
+        skip_filters=4,
+        deep_supervision=True,
+        cgm=True,
+        final_activation="softmax",
+    )
+    assert sorted(model.output) == ["cls", "seg", "side2", "side3", "side4", "side5"]
+    x = np.random.default_rng(0).random((2,) + spatial + (3,)).astype("float32")
+    y = np.zeros((2,) + spatial + (2,), "float32")
+    y[..., 0] = 1
+    with tf.GradientTape() as tape:
+        out = model(x, training=True)
+        loss = sum(tf.reduce_mean(hybrid_loss(y, out[k])) for k in out if k != "cls")
+        loss += tf.reduce_mean(out["cls"])
+    for key in ("seg", "side2", "side5"):
+        assert tuple(out[key].shape) == (2,) + spatial + (2,), key
+    np.testing.assert_allclose(out["seg"].numpy().sum(-1), 1.0, rtol=1e-5)
+    grads = tape.gradient(loss, model.trainable_weights)
+    assert all(g is not None for g in grads)
+    # the encoder is ResNet34's: the decoder reads its five features
+    assert model.get_layer("stage3_unit6_conv2") is not None
+    assert model.get_layer("unet3plus_resnet34_dec1_from_e1_conv").input.shape[1:-1] == tuple(
+        s // 2 for s in spatial
+    )
+
+
+def test_unet3plus_resnet34_paper_widths_and_pretrained_encoder(tmp_path):
+    # ResNet34 encoder + the UNet 3+ decoder (64-channel branches fused to 320) + head.
+    paper = unet3plus_resnet34((64, 64, 3))
+    channels = {"e1": 64, "e2": 64, "e3": 128, "e4": 256, "e5": 512}
+    decoder = 0
+    for stage in (4, 3, 2, 1):
+        for source, _, _ in full_scale_sources(stage):
+            cin = channels.get(source, 320)  # d_j has 5 * 64 channels
+            decoder += 9 * cin * 64 + 64 + 4 * 64  # conv with bias, batch norm (4 per channel)
+        decoder += 9 * 320 * 320 + 320 + 4 * 320  # fuse
+    head = 9 * 320 + 1
+    assert count_params(paper) - count_params(extract_encoder(paper)) == decoder + head
+    clf = resnet34_classifier((32, 32, 1), init_filters=4)
+    path = tmp_path / "enc.weights.h5"
+    save_encoder_weights(clf, str(path))
+    model = unet3plus_resnet34((32, 32, 1), init_filters=4, skip_filters=4, encoder_weights=str(path))
+    np.testing.assert_array_equal(
+        model.get_layer("conv0").get_weights()[0], clf.get_layer("conv0").get_weights()[0]
+    )
+    with pytest.raises(ValueError, match="could not load encoder weights"):
+        unet3plus_resnet34((32, 32, 1), init_filters=8, encoder_weights=str(path))
+    with pytest.raises(ValueError, match=r"axis 0: 48 \(nearest valid: 32 or 64\)"):
+        unet3plus_resnet34((48, 64, 1), init_filters=4)
 
 
 # ---------------------------------------------------------------- phantom slices

@@ -20,16 +20,17 @@ from mednets.keras.blocks import (  # noqa: E402
 )
 from mednets.keras.classifiers3d import (  # noqa: E402
     CLASSIFIERS,
-    check_input_shape,
     densenet,
+    inception_resnet,
     resnet,
     total_stride,
 )
+from mednets.keras.core import check_input_shape  # noqa: E402
 
 # Small configurations: two stages, total stride 4.
 SMALL = {
     "resnet": dict(init_filters=8, stage_filters=(8, 16), stage_blocks=(1, 1)),
-    "densenet": dict(init_filters=8, block_layers=(2, 2), growth_rate=4),
+    "densenet": dict(init_filters=8, stage_blocks=(2, 2), growth_rate=4),
     "inception_resnet": dict(init_filters=8, stage_filters=(8, 16), stage_blocks=(1, 1)),
 }
 # Last-stage channels of the small configurations (features of include_top=False).
@@ -146,7 +147,7 @@ def test_default_configs_pinned_param_counts(name):
 def test_paper_layouts_match_reference_counts():
     # DenseNet-121 with the paper's 7x7 stem: exactly keras.applications.DenseNet121.
     d121 = densenet(
-        (224, 224, 3), num_classes=1000, init_filters=64, block_layers=(6, 12, 24, 16), stem_kernel=7
+        (224, 224, 3), num_classes=1000, init_filters=64, stage_blocks=(6, 12, 24, 16), stem_kernel=7
     )
     assert (count_params(d121), count_params(d121, trainable_only=True)) == (8062504, 7978856)
     # ResNet-18 layout: 11,689,512 trainable parameters, the paper's / torchvision's count.
@@ -255,7 +256,7 @@ def test_stage_lists_must_match():
     ):
         resnet((16, 16, 1), stage_filters=(8, 16), stage_blocks=(1,))
     with pytest.raises(ValueError, match=r"growth_rate=\(4,\) \(1\)"):
-        densenet((16, 16, 1), block_layers=(2, 2), growth_rate=(4,))
+        densenet((16, 16, 1), stage_blocks=(2, 2), growth_rate=(4,))
 
 
 def test_total_stride_and_check_input_shape():
@@ -264,6 +265,41 @@ def test_total_stride_and_check_input_shape():
     assert check_input_shape((16, 16, 5, 1), (4, 4, 1)) == 3
     with pytest.raises(ValueError, match=r"axis 2: 5 \(nearest valid: 4 or 8\)"):
         check_input_shape((16, 16, 5, 1), 4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_final_activation(name):
+    logits = CLASSIFIERS[name]((16, 16, 1), final_activation=None, **SMALL[name])
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 1)).astype("float32")
+    probs = CLASSIFIERS[name]((16, 16, 1), **SMALL[name])
+    probs.set_weights(logits.get_weights())
+    np.testing.assert_allclose(
+        np.asarray(probs(x, training=False)),
+        tf.nn.softmax(logits(x, training=False)).numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="out_channels=1 is 1 everywhere"):
+        CLASSIFIERS[name]((16, 16, 1), num_classes=1, final_activation="softmax", **SMALL[name])
+    with pytest.raises(ValueError, match="final_activation must be one of"):
+        CLASSIFIERS[name]((16, 16, 1), final_activation="tanh", **SMALL[name])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_none_sizes_are_checked_when_called(name):
+    model = CLASSIFIERS[name]((None, None, None, 1), **SMALL[name])  # total stride 4
+    assert model(np.zeros((1, 8, 12, 16, 1), "int16")).shape == (1, 2)
+    with pytest.raises(ValueError, match=r"axis 0: 18 \(nearest valid: 16 or 20\)"):
+        model(np.zeros((1, 18, 16, 16, 1), "float32"))
+    with pytest.raises(ValueError, match=r"axis 2: 6 \(nearest valid: 4 or 8\)"):
+        model.predict(np.zeros((2, 8, 8, 6, 1), "float64"), verbose=0)
+
+
+def test_per_axis_stride_is_checked_when_called():
+    model = inception_resnet((None, None, None, 1), down_strides=(2, 2, 1), **SMALL["inception_resnet"])
+    assert model(np.zeros((1, 8, 8, 5, 1), "float32")).shape == (1, 2)  # z not down-sampled
+    with pytest.raises(ValueError, match=r"axis 1: 6 \(nearest valid: 4 or 8\).*total stride \(4, 4, 1\)"):
+        model(np.zeros((1, 8, 6, 5, 1), "float32"))
 
 
 @pytest.mark.parametrize("name,dims", CASES, ids=IDS)

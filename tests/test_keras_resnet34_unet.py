@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 
 import mednets.keras  # noqa: F401  (sets the Keras backend first)
+from mednets.data import depth_first
 from mednets.keras import count_params
 from mednets.keras.resnet34_unet import (
-    SKIP_NAMES,
+    FEATURE_NAMES,
     extract_encoder,
-    fit_timed,
     freeze_encoder_layers,
     load_encoder_weights,
     resnet34_classifier,
+    resnet34_encoder_model,
     resnet34_unet,
     save_encoder_weights,
-    set_bn_momentum,
 )
 
 # Tiny widths for everything that runs a forward pass.
@@ -38,7 +38,7 @@ def test_paper_2d_counts_match_segmentation_models(paper_2d):
 
 def test_paper_2d_layer_names_and_stem(paper_2d):
     # The reference names of the skip points and the encoder output exist.
-    for name in (*SKIP_NAMES, "relu1", "conv0", "pooling0", "final_conv", "sigmoid"):
+    for name in (*FEATURE_NAMES, "conv0", "pooling0", "final_conv", "sigmoid"):
         paper_2d.get_layer(name)
     # bn_data has no learned scale: beta + moving mean + moving variance, 3 channels each.
     assert count_params(paper_2d.get_layer("bn_data")) == 3 * 3
@@ -65,7 +65,10 @@ SHAPE_CASES = [
 )
 def test_output_shape_and_activation(dims, block, classes):
     spatial = (64, 32) if dims == 2 else (32, 64, 32)
-    model = resnet34_unet((*spatial, 5), num_classes=classes, decoder_block=block, **TINY)
+    act = "sigmoid" if classes == 1 else "softmax"
+    model = resnet34_unet(
+        (*spatial, 5), out_channels=classes, decoder_block=block, final_activation=act, **TINY
+    )
     x = np.random.default_rng(0).normal(size=(2, *spatial, 5)).astype("float32")
     y = np.asarray(model(x, training=False))
     assert y.shape == (2, *spatial, classes)
@@ -90,7 +93,7 @@ def test_skip_shapes(spatial, aniso, expected):
     model = resnet34_unet((*spatial, 2), anisotropic_levels=aniso, **TINY)
     f = TINY["init_filters"]
     channels = [8 * f, 4 * f, 2 * f, f, f]  # relu1, stage4, stage3, stage2 skips, relu0
-    for name, shape, c in zip(("relu1", *SKIP_NAMES), expected, channels):
+    for name, shape, c in zip(reversed(FEATURE_NAMES), expected, channels):
         assert tuple(model.get_layer(name).output.shape) == (None, *shape, c), name
     assert tuple(model.output.shape) == (None, *spatial, 1)
 
@@ -113,7 +116,7 @@ def test_not_divisible_raises_with_nearest_sizes():
         resnet34_unet((64, 64, 48, 1), **TINY)
     # with two in-plane-only steps the depth needs only a multiple of 8
     resnet34_unet((8, 64, 64, 1), anisotropic_levels=2, **TINY)
-    with pytest.raises(ValueError, match=r"depth.*12.*8 or 16"):
+    with pytest.raises(ValueError, match=r"axis 0: 12 \(nearest valid: 8 or 16\).*\(8, 32, 32\)"):
         resnet34_unet((12, 64, 64, 1), anisotropic_levels=2, **TINY)
 
 
@@ -123,9 +126,11 @@ def test_not_divisible_raises_with_nearest_sizes():
         (dict(decoder_block="bilinear"), "decoder_block must be one of"),
         (dict(anisotropic_levels=1), "only to 3D"),
         (dict(decoder_filters=(8, 8, 8)), "5 entries"),
-        (dict(num_classes=0), "num_classes must be >= 1"),
+        (dict(out_channels=0), "out_channels must be a positive int, got 0"),
+        (dict(final_activation="softmax"), "out_channels=1 is 1 everywhere"),
+        (dict(norm="group"), "norm .of the decoder. must be 'batch' or None"),
     ],
-    ids=["block", "aniso-2d", "decoder-filters", "classes"],
+    ids=["block", "aniso-2d", "decoder-filters", "channels", "softmax-1", "norm"],
 )
 def test_bad_arguments_raise(kwargs, match):
     args = {**TINY, **kwargs}
@@ -208,23 +213,98 @@ def test_extract_encoder_needs_relu1():
         extract_encoder(other)
 
 
-def test_fit_timed_history_and_times():
-    model = resnet34_unet((32, 32, 1), **TINY)
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="binary_crossentropy", run_eagerly=True)
-    x = np.random.default_rng(3).normal(size=(4, 32, 32, 1)).astype("float32")
-    y = (x > 0).astype("float32")
-    out = fit_timed(model, x, y, epochs=2, batch_size=4, validation_data=(x, y), progress=False)
-    assert len(out["history"]["loss"]) == 2 and len(out["history"]["val_loss"]) == 2
-    assert out["first_epoch_s"] > 0 and out["epoch_s"] > 0
-    with pytest.raises(ValueError, match="epochs must be >= 2"):
-        fit_timed(model, x, y, epochs=1)
-
-
-def test_set_bn_momentum_changes_every_batch_norm():
-    model = resnet34_unet((32, 32, 1), **TINY)
+def test_bn_momentum_is_set_when_the_model_is_built():
+    reference = resnet34_unet((32, 32, 1), **TINY)
+    model = resnet34_unet((32, 32, 1), bn_momentum=0.9, **TINY)
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     # stem 2 + (2 per unit, 16 units) + final 1 + decoder 2 per block x 5
-    assert set_bn_momentum(model, 0.9) == len(bns) == 2 + 32 + 1 + 10
+    assert len(bns) == 2 + 32 + 1 + 10
     assert {layer.momentum for layer in bns} == {0.9}
-    with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        set_bn_momentum(model, 1.0)
+    ref = {layer.name: layer for layer in reference.layers}
+    assert {ref[b.name].momentum for b in bns} == {0.99}  # the reference library's default
+    # epsilons: the encoder's reference 2e-5, the decoder's Keras default
+    assert model.get_layer("stage2_unit1_bn1").epsilon == 2e-5
+    assert model.get_layer("decoder_stage0a_norm").epsilon == 1e-3
+    assert count_params(model) == count_params(reference)
+
+
+def test_logits_and_no_decoder_norm():
+    model = resnet34_unet((32, 32, 1), final_activation=None, norm=None, **TINY)
+    assert model.layers[-1].name == "logits"
+    names = {layer.name for layer in model.layers}
+    assert "decoder_stage0a_norm" not in names and model.get_layer("decoder_stage0a_conv").use_bias
+
+
+# ---------------------------------------------------------------- the depth axis
+
+
+def test_anisotropic_levels_act_in_plane_on_a_mednets_data_volume():
+    """A mednets.data volume (C, X, Y, Z) with few thick slices along z: after depth_first
+    the flat levels' 1 x k x k kernels and (1, 2, 2) strides act on X and Y, never across
+    slices, and the slice axis keeps its size at the flat levels."""
+    rng = np.random.default_rng(0)
+    volume = rng.normal(size=(1, 64, 64, 8)).astype("float32")  # (C, X, Y, Z), 8 thick slices
+    x = np.moveaxis(depth_first(volume), 0, -1)[None]  # (1, Z, X, Y, C)
+    assert x.shape == (1, 8, 64, 64, 1)
+    encoder = resnet34_encoder_model((None, None, None, 1), init_filters=4, anisotropic_levels=2)
+    relu0, level2 = encoder(x, training=False)[:2]
+    assert tuple(relu0.shape) == (1, 8, 32, 32, 4)  # X and Y halved, Z kept
+    assert tuple(level2.shape) == (1, 8, 16, 16, 4)
+    # Change slice z = 3 only: the flat-level features change at depth 3 only.
+    changed = x.copy()
+    changed[:, 3] += 5.0
+    relu0_b, level2_b = encoder(changed, training=False)[:2]
+    for a, b in ((relu0, relu0_b), (level2, level2_b)):
+        diff = np.abs(np.asarray(a) - np.asarray(b)).max(axis=(0, 2, 3, 4))
+        assert diff[3] > 0 and np.all(np.delete(diff, 3) == 0)
+    # The first isotropic level (1/8 in-plane) mixes neighbouring slices.
+    iso, iso_b = (np.asarray(encoder(v, training=False)[2]) for v in (x, changed))
+    assert np.count_nonzero(np.abs(iso - iso_b).max(axis=(0, 2, 3, 4))) > 1
+    # Without depth_first, X would be taken for depth: the sizes do not fit the strides.
+    wrong = np.moveaxis(volume, 0, -1)[None]  # (1, X, Y, Z, C) = (1, 64, 64, 8, 1)
+    with pytest.raises(ValueError, match=r"axis 2: 8 \(nearest valid: 32\)"):
+        encoder(wrong, training=False)
+
+
+# ---------------------------------------------------------------- bad input when called
+
+
+def test_none_sizes_are_checked_when_called():
+    model = resnet34_unet((None, None, 1), **TINY)
+    assert model(np.zeros((1, 32, 64, 1), "int16")).shape == (1, 32, 64, 1)
+    with pytest.raises(ValueError, match=r"axis 0: 48 \(nearest valid: 32 or 64\)"):
+        model(np.zeros((1, 48, 64, 1), "float32"))
+    with pytest.raises(ValueError, match=r"axis 1: 40 \(nearest valid: 32 or 64\)"):
+        model.predict(np.zeros((2, 32, 40, 1), "float64"), verbose=0)
+    with pytest.raises(ValueError, match=r"(expects 1 input channels|expected shape)"):
+        model(np.zeros((1, 32, 32, 3), "float32"))
+
+
+def test_load_encoder_weights_refuses_what_it_cannot_load(tmp_path):
+    target = resnet34_unet((32, 32, 1), **TINY)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_encoder_weights(target, str(tmp_path / "missing.weights.h5"))
+    # A file with fewer variables: Keras alone would load its first layer and say nothing.
+    inputs = keras.Input((32, 32, 1))
+    small = keras.Model(inputs, keras.layers.BatchNormalization(scale=False)(inputs))
+    path = tmp_path / "small.weights.h5"
+    small.save_weights(str(path))
+    before = [w.copy() for w in extract_encoder(target).get_weights()]
+    with pytest.raises(ValueError, match=r"variables missing from the file \(first: \['layers/"):
+        load_encoder_weights(target, str(path))
+    for a, b in zip(before, extract_encoder(target).get_weights()):
+        np.testing.assert_array_equal(a, b)  # nothing was loaded
+    # A whole U-Net's weights are not an encoder file.
+    whole = tmp_path / "whole.weights.h5"
+    target.save_weights(str(whole))
+    with pytest.raises(ValueError, match="unexpected in the file"):
+        load_encoder_weights(target, str(whole))
+    # Another input channel count: the shapes differ.
+    other = tmp_path / "other.weights.h5"
+    save_encoder_weights(resnet34_classifier((32, 32, 3), init_filters=4), str(other))
+    with pytest.raises(ValueError, match=r"with other shapes \(first: \['layers/.*file \(3,\)"):
+        load_encoder_weights(target, str(other))
+    not_h5 = tmp_path / "text.weights.h5"
+    not_h5.write_text("no")
+    with pytest.raises(ValueError, match="not a Keras .weights.h5 file"):
+        load_encoder_weights(target, str(not_h5))
