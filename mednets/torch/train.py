@@ -69,6 +69,7 @@ __all__ = [
     "sliding_window_validation",
     "region_scores",
     "label_scores",
+    "TrainingPairs",
 ]
 
 #: Tag stored in every checkpoint written by :func:`save_checkpoint`.
@@ -515,7 +516,7 @@ def _make_loader(dataset, batch_size, shuffle, seed, num_workers, device):
         sampler=sampler,
         num_workers=num_workers,
         pin_memory=device is not None and torch.device(device).type == "cuda",
-        persistent_workers=num_workers > 0,
+        persistent_workers=False,  # workers see set_epoch only when re-created each epoch
     )
 
 
@@ -981,3 +982,46 @@ def sliding_window_validation(
         return out
 
     return eval_fn
+
+
+class TrainingPairs(torch.utils.data.Dataset):
+    """Shape the items of a patch dataset for the loss: ``(x, y)`` -> ``(x, target)``.
+
+    NVNet's loss (:class:`mednets.torch.losses.NVNetLoss`) needs the input image for
+    the VAE's reconstruction term, so with ``image_in_target`` the target becomes
+    ``(y, x)``. With ``one_hot=K``, an integer label map ``y`` ``(*S)`` (values 0..K)
+    becomes ``K`` float masks ``(K, *S)``, one per label 1..K, for sigmoid outputs.
+    ``set_epoch`` is passed on to the wrapped dataset.
+
+    Args:
+        dataset: A map-style dataset of ``(x, y)`` tensors (e.g.
+            :class:`mednets.torch.data.H5PatchDataset`).
+        image_in_target: Return ``(x, (y, x))``. Defaults to False.
+        one_hot: Number of foreground labels to turn into masks, or None. Defaults
+            to None.
+
+    Example:
+        >>> base = [(torch.zeros(1, 2, 2, 2), torch.tensor([[[0, 1], [2, 0]], [[0, 0], [0, 0]]]))]
+        >>> x, (y, image) = TrainingPairs(base, image_in_target=True, one_hot=2)[0]
+        >>> y.shape, y.dtype, image.shape
+        (torch.Size([2, 2, 2, 2]), torch.float32, torch.Size([1, 2, 2, 2]))
+    """
+
+    def __init__(self, dataset, image_in_target: bool = False, one_hot: int | None = None):
+        self.dataset = dataset
+        self.image_in_target = bool(image_in_target)
+        self.one_hot = one_hot
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pass the epoch on (fresh patches each epoch)."""
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __getitem__(self, index: int):
+        x, y = self.dataset[index]
+        if self.one_hot is not None:
+            y = torch.stack([y == k for k in range(1, self.one_hot + 1)]).float()
+        return (x, (y, x)) if self.image_in_target else (x, y)
