@@ -156,3 +156,41 @@ def test_foreground_only_zeroes_empty_samples():
     assert wrapped[1] == 0.0 and plain[1] > 0.1  # the empty sample is ignored
     np.testing.assert_allclose(wrapped[[0, 2]], plain[[0, 2]], rtol=1e-6)
     assert foreground_only(hybrid_loss).__name__ == "foreground_only_hybrid_loss"
+
+
+# ---------------------------------------------------------------- what the losses take
+
+
+@pytest.mark.parametrize("fn", [focal_loss, iou_loss, ms_ssim_loss, hybrid_loss], ids=lambda f: f.__name__)
+def test_logits_and_label_maps_are_refused(fn):
+    y = np.zeros((2, 32, 32, 1), "float32")
+    y[:, 8:20, 8:20] = 1
+    logits = np.where(y > 0, 4.0, -4.0).astype("float32")  # would give a silent wrong number
+    with pytest.raises(ValueError, match=r"y_pred must lie in \[0, 1\], found values in \[-4, 4\].*logits"):
+        fn(y, logits)
+    labels = y * 2  # a label map {0, 2}, not a mask
+    with pytest.raises(ValueError, match=r"y_true must lie in \[0, 1\], found values in \[0, 2\].*one-hot"):
+        fn(labels, y)
+
+
+def test_losses_refuse_logits_inside_a_compiled_graph():
+    y = np.zeros((1, 32, 32, 1), "float32")
+
+    @tf.function
+    def step(p):
+        return hybrid_loss(y, p)
+
+    np.testing.assert_allclose(step(tf.constant(y)).numpy(), 0.0, atol=1e-5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"y_pred must lie in \[0, 1\]"):
+        step(tf.constant(y - 3.0))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "uint8", "int16", "float16"])
+def test_numpy_dtypes_are_accepted(dtype):
+    y = np.zeros((1, 32, 32, 1))
+    y[0, 4:12, 4:12] = 1
+    p = np.full_like(y, 0.5) if dtype.startswith("float") else y
+    want = hybrid_loss(y.astype("float32"), p.astype("float32")).numpy()
+    np.testing.assert_allclose(hybrid_loss(y.astype(dtype), p.astype(dtype)).numpy(), want, rtol=1e-5)
+    with pytest.raises(ValueError, match="real numbers, got dtype bool"):
+        iou_loss(y.astype(bool), p)

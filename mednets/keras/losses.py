@@ -9,13 +9,27 @@ output with a *hybrid* loss that looks at three scales of the problem at once:
 * **IoU loss** works on the whole map and rewards the right overall overlap.
 
 All functions take ``y_true`` and ``y_pred`` channels-last, 2D ``(B, H, W, C)`` or
-3D ``(B, D, H, W, C)``, with ``y_pred`` holding probabilities (after sigmoid or
-softmax), and return one value per sample, shape ``(B,)``, so that Keras can apply
-sample weights and average over the batch.
+3D ``(B, D, H, W, C)``, and return one value per sample, shape ``(B,)``, so that Keras
+can apply sample weights and average over the batch. What they take:
+
+* ``y_true``: binary masks (one channel per class, one-hot for softmax outputs) or
+  soft targets, values in ``[0, 1]``. A label map with values 0, 1, 2, ... is refused:
+  one-hot encode it first.
+* ``y_pred``: **probabilities** in ``[0, 1]``, after the sigmoid or softmax (a
+  ``final_activation`` of the models). Logits are refused: build the model with
+  ``final_activation="sigmoid"`` or ``"softmax"``.
+
+Values outside ``[0, 1]`` raise a ``ValueError`` naming the range found when the loss
+is called eagerly; inside a compiled ``fit`` a TensorFlow assertion stops the step with
+the same message. Any real NumPy dtype is accepted (cast to float32).
 """
 
-import math
+from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
+
+import keras
 from keras import ops
 
 __all__ = [
@@ -32,10 +46,38 @@ __all__ = [
 MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
-def _check_pair(y_true, y_pred):
-    """Cast to float32 and check that the two tensors have the same rank and shape."""
-    y_true = ops.cast(y_true, "float32")
-    y_pred = ops.cast(y_pred, "float32")
+# Float32 sigmoid/softmax outputs stay in [0, 1]; allow for rounding only.
+_TOLERANCE = 1e-4
+
+
+def _check_range(x, high: float, what: str, hint: str) -> None:
+    """Refuse values outside ``[0, high]``: eagerly a ``ValueError``, in a graph an assertion."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if not tf.executing_eagerly():
+            message = f"{what} must lie in [0, {high:g}] ({hint})"
+            tf.debugging.assert_greater_equal(x, -_TOLERANCE, message=message)
+            tf.debugging.assert_less_equal(x, high + _TOLERANCE, message=message)
+            return
+    lo, hi = float(ops.min(x)), float(ops.max(x))
+    if lo < -_TOLERANCE or hi > high + _TOLERANCE:
+        raise ValueError(f"{what} must lie in [0, {high:g}], found values in [{lo:g}, {hi:g}]; {hint}")
+
+
+def _as_float(x, what: str):
+    """Cast an array or tensor of a real dtype to float32; refuse complex, bool and objects."""
+    dtype = str(getattr(x, "dtype", "float32"))
+    if "complex" in dtype or "bool" in dtype or dtype == "object":
+        raise ValueError(f"{what} must hold real numbers, got dtype {dtype}")
+    return ops.cast(x, "float32")
+
+
+def _check_pair(y_true, y_pred, high: float = 1.0, check_values: bool = True):
+    """Cast to float32; check that the two tensors have the same rank and shape, and
+    (with ``check_values``) that both lie in ``[0, high]``."""
+    y_true = _as_float(y_true, "y_true")
+    y_pred = _as_float(y_pred, "y_pred")
     rank = len(y_pred.shape)
     if rank not in (4, 5):
         raise ValueError(
@@ -46,6 +88,11 @@ def _check_pair(y_true, y_pred):
         raise ValueError(
             f"y_true and y_pred must have the same shape, got {tuple(y_true.shape)} and {tuple(y_pred.shape)}"
         )
+    if check_values:
+        _check_range(
+            y_true, high, "y_true", "pass binary masks (one-hot encode a label map), not label values"
+        )
+        _check_range(y_pred, high, "y_pred", "pass probabilities (sigmoid or softmax outputs), not logits")
     return y_true, y_pred
 
 
@@ -53,7 +100,7 @@ def _spatial_axes(x):
     return tuple(range(1, len(x.shape) - 1))
 
 
-def focal_loss(y_true, y_pred, alpha=0.25, gamma=2.0, epsilon=1e-7):
+def focal_loss(y_true, y_pred, alpha: float = 0.25, gamma: float = 2.0, epsilon: float = 1e-7):
     """Focal loss of Lin et al. (2017), https://arxiv.org/abs/1708.02002.
 
     ``FL(p_t) = -alpha_t (1 - p_t)^gamma log(p_t)``, averaged over pixels and channels.
@@ -62,14 +109,17 @@ def focal_loss(y_true, y_pred, alpha=0.25, gamma=2.0, epsilon=1e-7):
     categorical form with ``alpha`` applied to every class.
 
     Args:
-        y_true: Targets in {0, 1} (one-hot for several channels), ``(B, *spatial, C)``.
-        y_pred: Probabilities, same shape.
+        y_true: Masks in {0, 1} (one-hot for several channels), ``(B, *spatial, C)``.
+        y_pred: Probabilities in [0, 1] (not logits), same shape.
         alpha: Class balance weight. Defaults to 0.25.
         gamma: Focusing parameter; 0 gives (weighted) cross-entropy. Defaults to 2.0.
         epsilon: Probabilities are clipped to ``[epsilon, 1 - epsilon]``. Defaults to 1e-7.
 
     Returns:
         Tensor ``(B,)``.
+
+    Raises:
+        ValueError: different shapes, a rank other than 4 or 5, or values outside [0, 1].
 
     Example:
         >>> import numpy as np
@@ -89,19 +139,28 @@ def focal_loss(y_true, y_pred, alpha=0.25, gamma=2.0, epsilon=1e-7):
     return ops.mean(per_pixel, axis=_spatial_axes(y_pred) + (-1,))
 
 
-def iou_loss(y_true, y_pred, smooth=1.0):
+def iou_loss(y_true, y_pred, smooth: float = 1.0):
     """Soft IoU (Jaccard) loss, ``1 - (|X n Y| + s) / (|X u Y| + s)`` per sample.
 
     The smoothing term ``s`` makes the loss 0, with finite gradients, when both masks
     are empty. Several channels are averaged.
 
     Args:
-        y_true: Targets in [0, 1], ``(B, *spatial, C)``.
-        y_pred: Probabilities, same shape.
+        y_true: Masks or soft targets in [0, 1], ``(B, *spatial, C)``.
+        y_pred: Probabilities in [0, 1] (not logits), same shape.
         smooth: Added to numerator and denominator. Defaults to 1.0.
 
     Returns:
         Tensor ``(B,)``.
+
+    Raises:
+        ValueError: different shapes, a rank other than 4 or 5, or values outside [0, 1].
+
+    Example:
+        >>> import numpy as np
+        >>> y = np.zeros((1, 8, 8, 1)); y[0, :4] = 1
+        >>> round(float(iou_loss(y, y)[0]), 4)
+        0.0
     """
     y_true, y_pred = _check_pair(y_true, y_pred)
     axes = _spatial_axes(y_pred)
@@ -150,12 +209,12 @@ def _safe_pow(x, w):
 def ms_ssim(
     y_true,
     y_pred,
-    max_val=1.0,
-    power_factors=MSSSIM_WEIGHTS,
-    filter_size=11,
-    filter_sigma=1.5,
-    k1=0.01,
-    k2=0.03,
+    max_val: float = 1.0,
+    power_factors: Sequence[float] = MSSSIM_WEIGHTS,
+    filter_size: int = 11,
+    filter_sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
 ):
     """Multi-scale structural similarity (Wang et al., 2003), in 2D and 3D.
 
@@ -174,8 +233,9 @@ def ms_ssim(
     the image size, so that small training crops (e.g. 64 x 64) can use five scales.
 
     Args:
-        y_true: ``(B, *spatial, C)`` with values in ``[0, max_val]``.
-        y_pred: Same shape.
+        y_true: ``(B, *spatial, C)`` with values in ``[0, max_val]`` (images, masks or
+            probabilities; values outside are refused).
+        y_pred: Same shape and range.
         max_val: Dynamic range of the values. Defaults to 1.0.
         power_factors: Weight of each scale; their number sets the number of scales.
             Defaults to ``MSSSIM_WEIGHTS`` (five scales).
@@ -187,13 +247,17 @@ def ms_ssim(
     Returns:
         Tensor ``(B,)``: MS-SSIM averaged over channels, 1 for identical images.
 
+    Raises:
+        ValueError: different shapes, a rank other than 4 or 5, unknown or too small
+            spatial sizes, or values outside ``[0, max_val]``.
+
     Example:
         >>> import numpy as np
         >>> x = np.random.default_rng(0).random((1, 64, 64, 1)).astype("float32")
         >>> round(float(ms_ssim(x, x)[0]), 4)
         1.0
     """
-    y_true, y_pred = _check_pair(y_true, y_pred)
+    y_true, y_pred = _check_pair(y_true, y_pred, high=max_val)
     spatial_dims = len(y_pred.shape) - 2
     channels = y_pred.shape[-1]
     spatial = tuple(y_pred.shape[1:-1])
@@ -242,25 +306,41 @@ def ms_ssim(
     return ops.mean(value, axis=-1)
 
 
-def ms_ssim_loss(y_true, y_pred, **kwargs):
-    """``1 - ms_ssim(y_true, y_pred, **kwargs)``, shape ``(B,)``; see :func:`ms_ssim`."""
+def ms_ssim_loss(y_true, y_pred, **kwargs: float):
+    """``1 - ms_ssim(y_true, y_pred, **kwargs)``, shape ``(B,)``; see :func:`ms_ssim`.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.random.default_rng(0).random((1, 32, 32, 1))
+        >>> round(float(ms_ssim_loss(x, x, power_factors=(0.5, 0.5))[0]), 4)
+        0.0
+    """
     return 1.0 - ms_ssim(y_true, y_pred, **kwargs)
 
 
-def hybrid_loss(y_true, y_pred, focal_kwargs=None, ms_ssim_kwargs=None, iou_kwargs=None):
+def hybrid_loss(
+    y_true,
+    y_pred,
+    focal_kwargs: dict | None = None,
+    ms_ssim_kwargs: dict | None = None,
+    iou_kwargs: dict | None = None,
+):
     """The UNet 3+ hybrid loss: focal + MS-SSIM + IoU (Huang et al., 2020, Eq. 4).
 
     It is 0 for a perfect prediction and finite, with finite gradients, for empty masks.
 
     Args:
-        y_true: Targets, ``(B, *spatial, C)``.
-        y_pred: Probabilities, same shape.
+        y_true: Masks in {0, 1}, ``(B, *spatial, C)``.
+        y_pred: Probabilities in [0, 1] (not logits), same shape.
         focal_kwargs: Extra arguments for :func:`focal_loss`. Defaults to None.
         ms_ssim_kwargs: Extra arguments for :func:`ms_ssim`. Defaults to None.
         iou_kwargs: Extra arguments for :func:`iou_loss`. Defaults to None.
 
     Returns:
         Tensor ``(B,)``.
+
+    Raises:
+        ValueError: as :func:`focal_loss`, :func:`ms_ssim` and :func:`iou_loss`.
 
     Example:
         >>> import numpy as np
@@ -275,7 +355,7 @@ def hybrid_loss(y_true, y_pred, focal_kwargs=None, ms_ssim_kwargs=None, iou_kwar
     )
 
 
-def foreground_only(loss_fn):
+def foreground_only(loss_fn: Callable) -> Callable:
     """Wrap a per-sample loss so that samples with an empty target contribute 0.
 
     This mimics training the segmentation only on samples that contain the target (as
@@ -297,7 +377,7 @@ def foreground_only(loss_fn):
     """
 
     def wrapped(y_true, y_pred):
-        y_true = ops.cast(y_true, "float32")
+        y_true = _as_float(y_true, "y_true")
         axes = tuple(range(1, len(y_true.shape)))
         present = ops.cast(ops.max(y_true, axis=axes) > 0, "float32")  # (B,)
         return loss_fn(y_true, y_pred) * present
