@@ -271,14 +271,17 @@ class InputCheck(layers.Layer):
             import tensorflow as tf
 
             spatial = tf.shape(x)[1:-1]
-            tf.debugging.assert_equal(
-                tf.math.floormod(spatial, tf.constant(stride, spatial.dtype)),
-                tf.zeros_like(spatial),
-                message=(
+            stride_t = tf.constant(stride, spatial.dtype)
+            fits = tf.reduce_all(
+                tf.logical_and(tf.equal(tf.math.floormod(spatial, stride_t), 0), spatial >= stride_t)
+            )
+            tf.debugging.Assert(
+                fits,
+                [
                     f"{self.model_name}: every input spatial size must be a positive multiple of "
-                    f"the total stride {stride}; the sizes found are printed below"
-                ),
-                data=[spatial],
+                    f"the total stride {stride}; got spatial sizes",
+                    spatial,
+                ],
             )
         return x
 
