@@ -50,6 +50,7 @@ __all__ = [
     "split_ids",
     "build_model",
     "probe_size",
+    "probabilities_to_label",
     "main",
 ]
 
@@ -369,7 +370,21 @@ def _reference(config, label, convention):
     return label.astype("int64")
 
 
-def _to_label(config, probs, convention):
+def probabilities_to_label(config: dict, probs, convention: str | None):
+    """A network's output ``(C, *S)`` as a label map ``(*S)`` uint8, in the recipe's terms.
+
+    Region recipes (WT, TC, ET sigmoids) give the tumour labels of ``convention``
+    (:func:`mednets.data.brats.regions_to_label`); label recipes give 1..C where channel
+    ``c - 1`` is above 0.5 (a later channel wins where two overlap).
+
+    Example:
+        >>> import torch
+        >>> probs = torch.tensor([[0.9, 0.9, 0.1], [0.2, 0.8, 0.1], [0.1, 0.7, 0.1]])
+        >>> probabilities_to_label(get_recipe("nvnet-msd"), probs, "msd").tolist()
+        [1, 3, 0]
+        >>> probabilities_to_label(get_recipe("nvnet-hippocampus"), probs[:2], None).tolist()
+        [1, 2, 0]
+    """
     import numpy as np
 
     from mednets.data.brats import regions_to_label
@@ -522,7 +537,7 @@ def _train(config, args, world) -> int:
                 probs = sliding_window_inference(
                     model.segment, volume, config["crop"], overlap=config["overlap"]
                 )
-            pred = _to_label(config, probs.cpu(), meta["convention"])
+            pred = probabilities_to_label(config, probs.cpu(), meta["convention"])
             from mednets.data.nifti import save_like
 
             save_like(pred, meta["reference"], out / "predictions" / f"{sid}.nii.gz", dtype=np.uint8)
