@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import keras
 from keras import layers
 
 from mednets.keras.core import (
@@ -71,7 +72,7 @@ def residual_block(
     use_bias: bool | None = None,
     bn_momentum: float = 0.99,
     bn_epsilon: float = 1e-3,
-):
+) -> keras.KerasTensor:
     """Basic (post-activation) residual block of ResNet: two convolutions plus a shortcut.
 
     ``y = act(norm(conv(act(norm(conv(x))))) + shortcut(x))``. Normalisation sits
@@ -154,7 +155,7 @@ def dense_layer(
     norm: str | None = "batch",
     act: str = "relu",
     name: str = "dense",
-):
+) -> keras.KerasTensor:
     """One DenseNet-B layer: norm-act-1^d conv (bottleneck) then norm-act-3^d conv.
 
     Paper: https://arxiv.org/abs/1608.06993
@@ -194,7 +195,7 @@ def dense_block(
     norm: str | None = "batch",
     act: str = "relu",
     name: str = "denseblock",
-):
+) -> keras.KerasTensor:
     """Dense block: each layer sees the concatenation of all earlier feature maps.
 
     With C input channels, L layers and growth rate k the output has C + L*k channels:
@@ -241,12 +242,12 @@ def dense_block(
 def transition_layer(
     x,
     reduction: float = 0.5,
-    strides=2,
+    strides: int | Sequence[int] = 2,
     dropout: float = 0.0,
     norm: str | None = "batch",
     act: str = "relu",
     name: str = "transition",
-):
+) -> keras.KerasTensor:
     """DenseNet transition: norm-act-1^d conv to floor(reduction * C) channels, then
     average pooling with window = stride (halves each size by default).
 
@@ -288,7 +289,7 @@ def transition_layer(
 
 def inception_resnet_block(
     x, filters: int, scale: float = 1.0, norm: str | None = "batch", act: str = "relu", name: str = "incres"
-):
+) -> keras.KerasTensor:
     """Inception-ResNet block (the "A" block, simplified), for any channel count.
 
     Three branches see the input: a 1^d convolution; 1^d then 3^d; 1^d then 3^d then
@@ -341,8 +342,13 @@ def inception_resnet_block(
 
 
 def reduction_block(
-    x, filters: int, strides=2, norm: str | None = "batch", act: str = "relu", name: str = "reduction"
-):
+    x,
+    filters: int,
+    strides: int | Sequence[int] = 2,
+    norm: str | None = "batch",
+    act: str = "relu",
+    name: str = "reduction",
+) -> keras.KerasTensor:
     """Inception-style grid reduction: three parallel down-sampling branches.
 
     Branches: a strided 3^d convolution; 1^d, 3^d, then a strided 3^d convolution;
@@ -392,7 +398,7 @@ def conv_block(
     bn_momentum: float = 0.99,
     bn_epsilon: float = 1e-3,
     name: str = "block",
-):
+) -> keras.KerasTensor:
     """The U-Net block: two conv -> norm -> act units, optionally residual, in 2D or 3D.
 
     With ``residual=True`` it is :func:`residual_block` (the second unit's activation
@@ -441,7 +447,7 @@ def down_layer(
     bn_momentum: float = 0.99,
     bn_epsilon: float = 1e-3,
     name: str = "down",
-):
+) -> keras.KerasTensor:
     """Halve every spatial size (the step between two U-Net encoder stages).
 
     Args:

@@ -137,12 +137,12 @@ def _input(input_shape, down, num_downsamples, name):
 
 
 def resnet(
-    input_shape,
+    input_shape: Sequence[int | None],
     num_classes: int = 2,
     init_filters: int = 32,
     stage_filters: Sequence[int] = (32, 64, 128),
     stage_blocks: Sequence[int] = (4, 8, 16),
-    down_strides=2,
+    down_strides: int | Sequence[int] = 2,
     stem_kernel: int = 5,
     norm: str | None = "batch",
     act: str = "relu",
@@ -151,7 +151,7 @@ def resnet(
     pooling: str | None = "avg",
     final_activation: str | None = "softmax",
     name: str = "resnet",
-):
+) -> keras.Model:
     """ResNet classifier built from basic residual blocks, 2D or 3D.
 
     Stage i has ``stage_blocks[i]`` blocks of ``stage_filters[i]`` channels; every
@@ -212,14 +212,14 @@ def resnet(
 
 
 def densenet(
-    input_shape,
+    input_shape: Sequence[int | None],
     num_classes: int = 2,
     init_filters: int = 32,
     stage_blocks: Sequence[int] = (6, 12, 18, 12),
-    growth_rate=32,
+    growth_rate: int | Sequence[int] = 32,
     reduction: float = 0.5,
     bottleneck: int = 4,
-    down_strides=2,
+    down_strides: int | Sequence[int] = 2,
     stem_kernel: int = 5,
     norm: str | None = "batch",
     act: str = "relu",
@@ -228,7 +228,7 @@ def densenet(
     pooling: str | None = "avg",
     final_activation: str | None = "softmax",
     name: str = "densenet",
-):
+) -> keras.Model:
     """DenseNet-BC classifier (bottleneck layers and compressing transitions), 2D or 3D.
 
     Dense block i has ``stage_blocks[i]`` layers; a transition layer (compression
@@ -314,13 +314,13 @@ def densenet(
 
 
 def inception_resnet(
-    input_shape,
+    input_shape: Sequence[int | None],
     num_classes: int = 2,
     init_filters: int = 32,
     stage_filters: Sequence[int] = (64, 128, 256),
     stage_blocks: Sequence[int] = (1, 1, 1),
     scale: float = 1.0,
-    down_strides=2,
+    down_strides: int | Sequence[int] = 2,
     stem_kernel: int = 5,
     norm: str | None = "batch",
     act: str = "relu",
@@ -329,7 +329,7 @@ def inception_resnet(
     pooling: str | None = "avg",
     final_activation: str | None = "softmax",
     name: str = "inception_resnet",
-):
+) -> keras.Model:
     """Simplified Inception-ResNet classifier, 2D or 3D.
 
     Each stage: (from the second stage on) a reduction block, a 1^d convolution to

@@ -114,7 +114,7 @@ def as_spatial_tuple(value: int | Sequence[int], dims: int, what: str) -> tuple[
     return value
 
 
-def check_positive_int(value, what: str) -> None:
+def check_positive_int(value: int, what: str) -> None:
     """Raise a ``ValueError`` naming ``what`` unless ``value`` is an int >= 1.
 
     Example:
@@ -336,7 +336,7 @@ def norm_layer(
     groups: int = 8,
     momentum: float = 0.99,
     epsilon: float = 1e-3,
-):
+) -> keras.layers.Layer | None:
     """A normalisation layer over the channel axis, or ``None`` for no normalisation.
 
     ``momentum`` and ``epsilon`` are set when the layer is built. Keras's defaults are
@@ -388,7 +388,7 @@ def conv_norm_act(
     name: str | None = None,
     bn_momentum: float = 0.99,
     bn_epsilon: float = 1e-3,
-):
+) -> keras.KerasTensor:
     """Convolution, then normalisation, then activation, in 2D or 3D.
 
     The dimension is read off ``x``: a rank-4 tensor gives ``Conv2D``, rank 5

@@ -145,7 +145,7 @@ def preact_basic_block(
     flat: bool = False,
     bn_momentum: float = 0.99,
     name: str = "block",
-):
+) -> tuple[keras.KerasTensor, keras.KerasTensor]:
     """Pre-activation basic block: BN-ReLU-conv3x3-BN-ReLU-conv3x3 + shortcut.
 
     Paper: https://arxiv.org/abs/1603.05027. The shortcut is the block input (identity)
@@ -379,7 +379,7 @@ def unet_decoder_block(
     kernel: int | tuple[int, ...] = 3,
     norm: str | None = "batch",
     bn_momentum: float = 0.99,
-):
+) -> keras.KerasTensor:
     """One x2 decoder step of ``segmentation_models``' U-Net, then concatenate ``skip``.
 
     Args:
@@ -433,7 +433,7 @@ def unet_decoder(
     anisotropic_levels: int = 0,
     norm: str | None = "batch",
     bn_momentum: float = 0.99,
-):
+) -> keras.KerasTensor:
     """U-Net decoder of ``segmentation_models``: five x2 blocks on encoder features.
 
     ``features`` follow the encoder contract (finest first, at 1/2 .. 1/32 of the

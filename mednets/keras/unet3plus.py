@@ -151,7 +151,7 @@ def full_scale_branch(
     bn_momentum: float = 0.99,
     bn_epsilon: float = 1e-3,
     name: str = "branch",
-):
+) -> keras.KerasTensor:
     """One full-scale skip branch: resize (max pool or linear up-sampling), then a conv unit.
 
     Args:
@@ -203,7 +203,7 @@ def decoder_stage(
     bn_momentum: float = 0.99,
     bn_epsilon: float = 1e-3,
     name: str = "dec",
-):
+) -> keras.KerasTensor:
     """Decoder stage ``stage`` of UNet 3+: ``depth`` branches, concatenated, then fused.
 
     Args:
@@ -315,7 +315,7 @@ def side_output(
     kernel_size: int = 3,
     final_activation: str | None = "sigmoid",
     name: str = "side",
-):
+) -> keras.KerasTensor:
     """A deep-supervision side output: conv -> channels, linear up-sampling, activation.
 
     The up-sampling is bilinear/trilinear as in the official code (the seed used
@@ -346,7 +346,7 @@ def side_output(
     return layers.Activation(final_activation or "linear", name=name)(x)
 
 
-def cgm_head(x, dropout: float = 0.5, name: str = "cls"):
+def cgm_head(x, dropout: float = 0.5, name: str = "cls") -> keras.KerasTensor:
     """The classification-guided module: dropout, 1x1 conv, global max pool, sigmoid.
 
     Args:
