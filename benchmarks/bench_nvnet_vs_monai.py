@@ -184,6 +184,7 @@ def main(argv=None) -> dict:
             name: {
                 "params": int(sum(p.numel() for p in model.parameters())),
                 "median_s": statistics.median(times[name]),
+                "min_s": min(times[name]),
                 "step_s": [round(t, 5) for t in times[name]],
                 "peak_bytes": memory[name]["peak_bytes"],
                 "memory_method": memory[name]["method"],
