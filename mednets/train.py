@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help=f"one of {sorted(RECIPES)}")
     p.add_argument("--data", type=Path, help="the data folder: BraTS subjects, or a Decathlon task folder")
     p.add_argument("--out", type=Path, help="output folder (metrics.jsonl, checkpoints/, predictions/)")
+    p.add_argument(
+        "--store",
+        type=Path,
+        help="the HDF5 store of the training cases (default OUT/data.h5; on Colab put it on the local disk)",
+    )
     p.add_argument("--epochs", type=int, help="total epochs (the recipe's by default)")
     p.add_argument("--batch-size", type=int, help="global batch over all processes")
     p.add_argument("--lr", type=float, help="initial learning rate")
@@ -452,7 +457,7 @@ def _train(config, args, world) -> int:
     main_process = is_main_process()
     device = default_device()
     out = args.out
-    store_path = out / "data.h5"
+    store_path = args.store or out / "data.h5"
     trained = {k: v for k, v in config.items() if k not in RUN_KEYS}
     if main_process:
         out.mkdir(parents=True, exist_ok=True)

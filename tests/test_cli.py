@@ -112,8 +112,10 @@ def test_train_brats_end_to_end_then_predict(tmp_path):
 def test_train_decathlon_recipes_end_to_end(tmp_path, recipe, channels):
     data = _decathlon_folder(tmp_path / "task", channels=channels)
     out = tmp_path / "run"
-    assert train_main([recipe, "--data", str(data), "--out", str(out), *TINY]) == 0
+    store = tmp_path / "local" / "store.h5"  # e.g. Colab's local disk, beside an --out on Drive
+    assert train_main([recipe, "--data", str(data), "--out", str(out), "--store", str(store), *TINY]) == 0
     split = _check_outputs(out, recipe)
+    assert store.is_file() and not (out / "data.h5").exists()
     (test_id,) = split["test"]
     written = nib.load(out / "predictions" / f"{test_id}.nii.gz")
     reference = nib.load(data / "imagesTr" / f"{test_id}.nii.gz")
