@@ -785,9 +785,11 @@ def fit(
         do_eval = eval_fn is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs)
         if do_eval:
             inner.eval()
+            t_eval = time.perf_counter()
             with torch.no_grad():
                 metrics = {k: float(v) for k, v in eval_fn(inner).items()}
             row.update(metrics)
+            row["eval_s"] = time.perf_counter() - t_eval
             for k, v in metrics.items():
                 h = history[k]
                 h.extend([math.nan] * (epoch - len(h)))  # a key first seen now
