@@ -129,11 +129,36 @@ def _check_common(
     return input_shape, dims, as_spatial_tuple(down_strides, dims, "down_strides")
 
 
-def _input(input_shape, down, num_downsamples, name):
-    """``keras.Input`` and the same tensor after :class:`~mednets.keras.core.InputCheck`."""
+def _start(
+    input_shape,
+    num_classes,
+    init_filters,
+    dropout,
+    num_downsamples,
+    down_strides,
+    stem_kernel,
+    final_activation,
+    norm,
+    act,
+    name,
+):
+    """Check the arguments, then ``keras.Input`` -> :class:`~mednets.keras.core.InputCheck`
+    -> stem; return the input, the stem's output and the per-axis down strides."""
+    input_shape, _, down = _check_common(
+        input_shape,
+        num_classes,
+        init_filters,
+        dropout,
+        num_downsamples,
+        down_strides,
+        stem_kernel,
+        final_activation,
+        name,
+    )
     inputs = keras.Input(input_shape, name=f"{name}_input")
     stride = tuple(s**num_downsamples for s in down)
-    return inputs, InputCheck(stride, input_shape[-1], name, name=f"{name}_input_check")(inputs)
+    x = InputCheck(stride, input_shape[-1], name, name=f"{name}_input_check")(inputs)
+    return inputs, _stem(x, init_filters, stem_kernel, down, norm, act, name), down
 
 
 def resnet(
@@ -188,7 +213,7 @@ def resnet(
         (None, 2)
     """
     stage_filters, stage_blocks = _check_stages(stage_filters, stage_blocks, "stage_filters", "stage_blocks")
-    input_shape, dims, down = _check_common(
+    inputs, x, down = _start(
         input_shape,
         num_classes,
         init_filters,
@@ -197,10 +222,10 @@ def resnet(
         down_strides,
         stem_kernel,
         final_activation,
+        norm,
+        act,
         name,
     )
-    inputs, x = _input(input_shape, down, len(stage_filters), name)
-    x = _stem(x, init_filters, stem_kernel, down, norm, act, name)
     for s, (filters, blocks) in enumerate(zip(stage_filters, stage_blocks), start=1):
         for b in range(1, blocks + 1):
             strides = down if (s > 1 and b == 1) else 1  # halve at the start of a stage
@@ -271,7 +296,7 @@ def densenet(
     _check_stages(growth, stage_blocks, "growth_rate", "stage_blocks")
     if not 0.0 < float(reduction) <= 1.0:
         raise ValueError(f"reduction must be in (0, 1], got {reduction!r}")
-    input_shape, dims, down = _check_common(
+    inputs, x, down = _start(
         input_shape,
         num_classes,
         init_filters,
@@ -280,10 +305,10 @@ def densenet(
         down_strides,
         stem_kernel,
         final_activation,
+        norm,
+        act,
         name,
     )
-    inputs, x = _input(input_shape, down, len(stage_blocks), name)
-    x = _stem(x, init_filters, stem_kernel, down, norm, act, name)
     for i, (num_layers, k) in enumerate(zip(stage_blocks, growth), start=1):
         if i > 1:
             x = transition_layer(
@@ -367,7 +392,7 @@ def inception_resnet(
         (None, 2)
     """
     stage_filters, stage_blocks = _check_stages(stage_filters, stage_blocks, "stage_filters", "stage_blocks")
-    input_shape, dims, down = _check_common(
+    inputs, x, down = _start(
         input_shape,
         num_classes,
         init_filters,
@@ -376,10 +401,10 @@ def inception_resnet(
         down_strides,
         stem_kernel,
         final_activation,
+        norm,
+        act,
         name,
     )
-    inputs, x = _input(input_shape, down, len(stage_filters), name)
-    x = _stem(x, init_filters, stem_kernel, down, norm, act, name)
     for s, (filters, blocks) in enumerate(zip(stage_filters, stage_blocks), start=1):
         if s > 1:
             # (B, *S, C) -> (B, *S / s, C + 2 * filters)
