@@ -271,25 +271,6 @@ def test_notebook_conventions(path):
     assert path.stat().st_size < 2_000_000
 
 
-def test_set_batchnorm_reaches_nested_layers_and_keeps_epsilon_by_default():
-    import keras
-
-    from mednets.keras.core import set_batchnorm
-
-    inner = keras.Sequential([keras.layers.BatchNormalization(epsilon=1e-3)])
-    inputs = keras.Input((4, 4, 2))
-    x = keras.layers.BatchNormalization(name="outer")(inputs)
-    model = keras.Model(inputs, inner(x))
-    assert set_batchnorm(model, 0.8) == 2
-    bns = [ly for ly in model._flatten_layers() if isinstance(ly, keras.layers.BatchNormalization)]
-    assert [ly.momentum for ly in bns] == [0.8, 0.8]
-    assert [ly.epsilon for ly in bns] == [1e-3, 1e-3]
-    set_batchnorm(model, 0.9, epsilon=1e-5)
-    assert [ly.epsilon for ly in bns] == [1e-5, 1e-5]
-    with pytest.raises(ValueError, match=r"\[0, 1\), got 1.0"):
-        set_batchnorm(model, 1.0)
-
-
 def test_atomic_write_renames_on_success_and_leaves_target_on_failure(tmp_path):
     target = tmp_path / "sub" / "out.bin"
     with atomic_write(target) as tmp:
