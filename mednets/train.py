@@ -49,7 +49,6 @@ __all__ = [
     "find_cases",
     "split_ids",
     "build_model",
-    "probe_size",
     "probabilities_to_label",
     "main",
 ]
@@ -265,16 +264,6 @@ def build_model(config: dict, spatial_size: Sequence[int] | None = None):
     )
 
 
-def probe_size(crop: Sequence[int], divisor: int = 16) -> tuple[int, ...]:
-    """A small crop (about a quarter per axis, a multiple of ``divisor``) to measure memory on.
-
-    Example:
-        >>> probe_size((160, 192, 128))
-        (32, 48, 32)
-    """
-    return tuple(max(divisor, (int(s) // 4) // divisor * divisor) for s in crop)
-
-
 class _LazyCase(tuple):
     """``(id, image, label)`` that loads the image and label only when unpacked.
 
@@ -417,22 +406,22 @@ def _dry_run(config, data, world) -> int:
             + ", ".join(f"{k} {len(v)}" for k, v in split.items())
         )
     torch.manual_seed(config["seed"])
-    net = build_model(config)
+    with torch.device("meta"):
+        net = build_model(config)
     n_params = sum(p.numel() for p in net.parameters())
     per_process = config["batch_size"] // world
-    probe = probe_size(config["crop"], 16 if config["vae"] else 8)
-    with torch.random.fork_rng():
-        est = estimate_step_memory(
-            lambda s: build_model(config, s), config["in_channels"], config["crop"], per_process, probe
-        )
+    est = estimate_step_memory(
+        lambda s: build_model(config, s), config["in_channels"], config["crop"], per_process
+    )
+    crop_txt = "x".join(map(str, config["crop"]))
     print(f"parameters: {n_params:,}")
-    probe_txt, crop_txt = "x".join(map(str, probe)), "x".join(map(str, config["crop"]))
     print(
-        f"memory per process (estimate, float32): {human_bytes(est['total_bytes'])} = activations "
-        f"{human_bytes(est['activation_bytes'])} (measured at {probe_txt}, batch 1, on the CPU, "
-        f"scaled x{est['scale']:.0f} to {crop_txt}, batch {per_process}) + weights, "
-        f"gradients and Adam's two moments {human_bytes(4 * est['param_bytes'])}. Mixed precision roughly "
-        "halves the activations; the CUDA context and allocator cache add a few hundred MiB."
+        f"memory per process (estimate): {human_bytes(est['total_bytes'])} in float32 = one training step at "
+        f"{crop_txt}, batch {per_process} (activations and weight gradients, counted on the meta device: "
+        f"{human_bytes(est['step_peak_bytes'])}) + weights and Adam's two moments "
+        f"({human_bytes(3 * est['param_bytes'])}); mixed precision about halves the activations "
+        f"(~{human_bytes(est['total_bytes'] - est['activation_bytes'] / 2)}); the CUDA context and caches "
+        "add a few hundred MiB"
     )
     print("dry run: nothing trained")
     return 0

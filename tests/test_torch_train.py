@@ -353,3 +353,35 @@ def test_sliding_window_validation_scores_regions_and_labels():
     assert s["val_a_dice"] == 0.0 and s["val_a_hd95"] == pytest.approx(np.linalg.norm((12, 10, 8)))
     with pytest.raises(ValueError, match="at least one"):
         sliding_window_validation([], (8, 8, 8), region_scores)
+
+
+# -- mednets.torch.memory: the meter and the meta-device estimate ---------------------------
+
+
+def test_meta_device_estimate_equals_the_cpu_measurement():
+    from mednets.torch.memory import PeakMemory, estimate_step_memory, param_bytes, step_memory
+
+    def build(size):
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Conv3d(2, 8, 3, padding=1),
+            torch.nn.GroupNorm(2, 8),
+            torch.nn.ReLU(),
+            torch.nn.Flatten(),
+            torch.nn.Linear(8 * size[0] * size[1] * size[2], 3),
+        )
+
+    net = build((8, 6, 4)).train()
+    measured = step_memory(net, torch.randn(2, 2, 8, 6, 4))
+    est = estimate_step_memory(build, 2, (8, 6, 4), batch_size=2)
+    # Counted without data on the meta device, the step allocates what it does on the CPU
+    # (up to a few scalars: the CPU kernels create some 0-d temporaries of their own).
+    assert est["step_peak_bytes"] == pytest.approx(measured["peak_bytes"], abs=64)
+    assert est["param_bytes"] == param_bytes(net)
+    assert est["total_bytes"] == est["step_peak_bytes"] + 3 * param_bytes(net)
+    # The peak includes the weight gradients and one activation of 2 x 8 x 8 x 6 x 4 float32 values.
+    assert measured["peak_bytes"] >= param_bytes(net) + 2 * 8 * 8 * 6 * 4 * 4
+    with PeakMemory() as meter:
+        a = torch.zeros(1000)
+        b = a.view(10, 100)  # a view: no new allocation
+    assert meter.peak == 4000 and b.shape == (10, 100)

@@ -10,9 +10,8 @@ tensor on that storage is freed, and records the peak. Tensors that existed befo
 meter started (the weights, the input) are not counted; gradients of the weights are.
 
 :func:`step_memory` measures one forward + backward pass with whichever applies, and
-:func:`estimate_step_memory` scales a measurement at a small crop up to a large one:
-activations grow with the number of voxels, weights, gradients and Adam's two moment
-buffers do not.
+:func:`estimate_step_memory` counts the pass at the full training crop on PyTorch's
+``meta`` device (shapes without data), where it costs no memory and almost no time.
 
 Example:
     >>> import torch
@@ -24,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -56,31 +54,31 @@ class PeakMemory(TorchDispatchMode):
         super().__init__()
         self.live = 0
         self.peak = 0
-        self.users = {}  # storage address -> [live tensors using it, bytes]
+        self.users = {}  # storage -> [live tensors using it, bytes]
 
-    def _release(self, address):
-        entry = self.users.get(address)
+    def _release(self, key):
+        entry = self.users.get(key)
         if entry is None:
             return
         entry[0] -= 1
         if entry[0] == 0:  # the last tensor on this storage is gone
             self.live -= entry[1]
-            del self.users[address]
+            del self.users[key]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+            if isinstance(t, torch.Tensor):
                 storage = t.untyped_storage()
-                address = storage.data_ptr()
-                if address == 0:
-                    continue
-                if address not in self.users:  # a new allocation, not a view
-                    self.users[address] = [0, storage.nbytes()]
+                # The storage's C++ address: shared by views, unique per allocation, and
+                # defined on the "meta" device too (where data_ptr() is always 0).
+                key = storage._cdata
+                if key not in self.users:  # a new allocation, not a view
+                    self.users[key] = [0, storage.nbytes()]
                     self.live += storage.nbytes()
                     self.peak = max(self.peak, self.live)
-                self.users[address][0] += 1
-                weakref.finalize(t, self._release, address)
+                self.users[key][0] += 1
+                weakref.finalize(t, self._release, key)
         return out
 
 
@@ -166,53 +164,50 @@ def estimate_step_memory(
     in_channels: int,
     crop: Sequence[int],
     batch_size: int,
-    probe: Sequence[int],
     optimizer_states: int = 2,
 ) -> dict[str, float]:
-    """Estimate the training memory of one process at ``crop`` from a CPU run at ``probe``.
+    """Training memory of one process at the full crop, counted on the ``meta`` device.
 
-    The model built for ``probe`` runs one forward + backward pass on a batch of 1
-    (:func:`step_memory`). Its peak minus its weight gradients is the activation
-    memory, which grows with the number of voxels and with the batch; it is scaled by
-    ``batch_size * prod(crop) / prod(probe)``. To it are added the full-size model's
-    weights, their gradients and ``optimizer_states`` copies (Adam keeps two).
-    Activations are float32: mixed precision roughly halves that part on a GPU. The
-    CUDA context and the allocator's cache (a few hundred MiB) are not included.
+    On the ``meta`` device tensors have shapes and dtypes but no data, and operations
+    compute nothing, so a forward + backward pass at the paper's 160x192x128 costs
+    seconds and no memory. :class:`PeakMemory` counts what that pass would allocate
+    (it gives the same peak on the CPU, where it can be checked). Added to it: the
+    weights and ``optimizer_states`` copies of them (Adam keeps two); the weight
+    gradients are in the pass's peak. The count is float32: mixed precision stores most
+    activations in 16 bits, about halving that part (``torch.autocast`` does not act on
+    the meta device). The CUDA context, the allocator's cache and cuDNN's workspaces
+    (a few hundred MiB) are not included.
 
     Args:
         build: ``build(spatial_size) -> model`` (a model whose size may depend on the
-            crop, like NVNet's VAE).
+            crop, like NVNet's VAE); called under ``torch.device("meta")``.
         in_channels: Input channels.
         crop: The training crop.
         batch_size: Samples per process.
-        probe: A small crop the model accepts, measured on the CPU.
         optimizer_states: Parameter-sized buffers the optimiser keeps. Defaults to 2.
 
     Returns:
-        ``{"total_bytes", "activation_bytes", "param_bytes", "params", "probe_peak_bytes",
-        "scale"}``.
+        ``{"total_bytes", "step_peak_bytes", "activation_bytes", "param_bytes", "params"}``:
+        ``step_peak_bytes`` is the pass's peak (activations, temporaries and weight
+        gradients), ``activation_bytes`` that peak less one copy of the weights.
 
     Example:
         >>> est = estimate_step_memory(lambda s: torch.nn.Conv3d(1, 2, 3, padding=1), 1,
-        ...                            crop=(16, 16, 16), batch_size=2, probe=(8, 8, 8))
-        >>> est["scale"], est["params"]
-        (16.0, 56)
+        ...                            crop=(16, 16, 16), batch_size=2)
+        >>> est["params"], est["step_peak_bytes"] >= 2 * 2 * 16**3 * 4  # the output, float32
+        (56, True)
     """
-    probe = tuple(int(s) for s in probe)
     crop = tuple(int(s) for s in crop)
-    small = build(probe).train()
-    x = torch.randn(1, in_channels, *probe)
-    measured = step_memory(small, x)
-    activations = max(0, measured["peak_bytes"] - measured["param_bytes"])
-    scale = batch_size * math.prod(crop) / math.prod(probe)
-    full = build(crop) if crop != probe else small
-    pbytes = param_bytes(full)
-    act = activations * scale
+    with torch.device("meta"):
+        model = build(crop).train()
+        x = torch.empty(int(batch_size), int(in_channels), *crop)
+    with PeakMemory() as meter:
+        _default_loss(model(x)).backward()
+    pbytes = param_bytes(model)
     return {
-        "total_bytes": float(act + pbytes * (2 + optimizer_states)),
-        "activation_bytes": float(act),
+        "total_bytes": float(meter.peak + pbytes * (1 + optimizer_states)),
+        "step_peak_bytes": float(meter.peak),
+        "activation_bytes": float(max(0, meter.peak - pbytes)),
         "param_bytes": float(pbytes),
-        "params": int(sum(p.numel() for p in full.parameters())),
-        "probe_peak_bytes": float(measured["peak_bytes"]),
-        "scale": float(scale),
+        "params": int(sum(p.numel() for p in model.parameters())),
     }
