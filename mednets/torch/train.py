@@ -608,8 +608,10 @@ def fit(
     :func:`save_checkpoint`). ``resume=`` a checkpoint path (or True: ``last.pt`` in
     ``out_dir`` if it exists) restores the model, optimiser, scheduler, scaler, history
     and RNG states and continues with the next epoch, so that an interrupted run
-    resumed equals an uninterrupted one. A checkpoint written with another ``config``
-    is refused, naming the differing keys.
+    resumed equals an uninterrupted one (bit for bit on a CPU; on a GPU, cuDNN's
+    algorithm choice with ``cudnn_benchmark`` and atomic adds make runs differ in the
+    last bits, resumed or not). A checkpoint written with another ``config`` is
+    refused, naming the differing keys.
 
     Args:
         model: The network to train (in place; moved to ``device`` if given).
