@@ -16,10 +16,12 @@ export MPLBACKEND ?= Agg
 
 .PHONY: book test lint unit nbval install clean
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt benchmarks/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install -r requirements.txt
+	# MONAI: the benchmarks' peer, needed by their tests, never by the book or the package.
+	$(BIN)/python -m pip install --no-deps -r benchmarks/requirements.txt
 	$(BIN)/python -m pip install --no-deps -e .
 	touch $(STAMP)
 
