@@ -367,7 +367,7 @@ def setup(app) -> dict:
     from pybtex.style.formatting.plain import Style as PlainStyle
     from pybtex.style.labels import BaseLabelStyle
     from sphinxcontrib.bibtex.plugin import register_plugin
-    from sphinxcontrib.bibtex.style.referencing import BracketStyle, GroupReferenceStyle
+    from sphinxcontrib.bibtex.style.referencing import BracketStyle, GroupReferenceStyle, PersonStyle
     from sphinxcontrib.bibtex.style.referencing.basic_author_year import (
         BasicAuthorYearTextualReferenceStyle,
     )
@@ -389,13 +389,16 @@ def setup(app) -> dict:
 
     @dataclasses.dataclass
     class AuthorYearLabelReferenceStyle(GroupReferenceStyle):
+        # The textual and author styles need a person style ({cite:t}`key` -> "Myronenko (2019)").
+        person: PersonStyle = dataclasses.field(default_factory=PersonStyle)
+
         def __post_init__(self):
             round_brackets = BracketStyle(left="(", right=")", sep="; ")
             self.styles.extend(
                 [
                     BasicLabelParentheticalReferenceStyle(bracket=round_brackets),
-                    BasicAuthorYearTextualReferenceStyle(bracket=round_brackets),
-                    ExtraAuthorReferenceStyle(),
+                    BasicAuthorYearTextualReferenceStyle(bracket=round_brackets, person=self.person),
+                    ExtraAuthorReferenceStyle(person=self.person),
                     ExtraLabelReferenceStyle(),
                     ExtraYearReferenceStyle(),
                     ExtraEmptyReferenceStyle(),
