@@ -26,7 +26,7 @@ partial run keeps what it measured).
 
 Usage::
 
-    python benchmarks/bench_hippocampus.py            # the full table (about 40 min on 2 cores)
+    python benchmarks/bench_hippocampus.py            # the full table (about 30 min on a busy 2-core CPU)
     python benchmarks/bench_hippocampus.py --quick    # a few minutes: few cases, 1 epoch each
     python benchmarks/bench_hippocampus.py --nets nvnet monai_unet --epochs nvnet=3
 """
@@ -118,7 +118,7 @@ TIME_ONLY = ("unet3plus", "resnet34_unet", "unet")
 #: reproduces the training, whatever the machine. One epoch of the 180 training cases is
 #: 23 steps. The Keras networks are timed only by default (``TIME_ONLY``); their entries
 #: are used when they are trained (``--time-only`` with no name).
-STEPS = {"unet3plus": 3, "resnet34_unet": 3, "unet": 3, "nvnet": 45, "nvnet_vae": 33, "monai_unet": 148}
+STEPS = {"unet3plus": 3, "resnet34_unet": 3, "unet": 10, "nvnet": 45, "nvnet_vae": 33, "monai_unet": 148}
 
 
 # ----------------------------------------------------------------------------- data
