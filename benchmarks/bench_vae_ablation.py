@@ -229,6 +229,16 @@ def hippocampus_results(runs, data, args, argv, seconds):
         "provenance": bh.provenance(["bench_vae_ablation.py", *argv], args.seeds, args.threads)
         | {"command": "python benchmarks/bench_vae_ablation.py " + " ".join(argv)},
         "provenance_of_merged": getattr(args, "merged_provenance", []),
+        # One command that runs every seed in the file (the file may come from --merge runs).
+        "equivalent_command": (
+            "python benchmarks/bench_vae_ablation.py --seeds "
+            + " ".join(map(str, args.seeds))
+            + " --subjects "
+            + " ".join(map(str, args.subjects))
+            + f" --steps {args.steps} --batch-size {args.batch_size} --init-filters {args.init_filters}"
+            + f" --lr {args.lr:g}"
+            + (f" --test {args.test}" if args.test else "")
+        ),
     }
 
 
