@@ -10,7 +10,9 @@ interruption (``keras.callbacks.BackupAndRestore``). Nothing here re-implements 
 ``tf.distribute`` and Keras do; it chooses and wires them.
 
 :func:`fit_timed` times the first (tracing) epoch apart from the steady ones, as the
-chapters' comparison tables need.
+chapters' comparison tables need. :func:`dice_ce_loss` is the loss of the Keras recipes
+of ``python -m mednets.train``; it is registered with Keras, so that their checkpoints
+load with ``keras.models.load_model`` once this module is imported.
 
 Example:
     >>> import numpy as np
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import keras
 
-__all__ = ["fit", "fit_timed", "choose_strategy", "is_chief"]
+__all__ = ["fit", "fit_timed", "choose_strategy", "is_chief", "dice_ce_loss"]
 
 _POLICIES = ("mixed_float16", "mixed_bfloat16")
 
@@ -88,6 +90,60 @@ def choose_strategy(strategy=None):
     return tf.distribute.get_strategy()
 
 
+@keras.saving.register_keras_serializable(package="mednets")
+def dice_ce_loss(y_true, y_pred, smooth: float = 1e-5):
+    """Soft Dice over the foreground classes plus cross-entropy, for a softmax output.
+
+    The loss of nnU-Net (Isensee et al., 2021, https://doi.org/10.1038/s41592-020-01008-z):
+    ``1 - mean_c Dice_c`` over the classes ``c = 1 .. K-1`` (Dice computed over the
+    batch and the voxels together, so a patch without a structure does not count as a
+    failure), plus the voxel-wise cross-entropy of all ``K`` classes.
+
+    Args:
+        y_true: Class indices ``(B, *spatial)`` or ``(B, *spatial, 1)``, values 0..K-1.
+        y_pred: Softmax probabilities ``(B, *spatial, K)``, K >= 2 (any float dtype;
+            computed in float32).
+        smooth: Added to the Dice numerator and denominator. Defaults to 1e-5.
+
+    Returns:
+        Tensor ``(B,)``: each sample's cross-entropy plus the batch's Dice loss.
+
+    Raises:
+        ValueError: If ``y_pred`` has fewer than 2 channels or ``y_true`` another
+            spatial shape.
+
+    Example:
+        >>> import numpy as np
+        >>> y = np.zeros((2, 4, 4, 4), "int32"); y[:, 1:3] = 1
+        >>> perfect = np.eye(2, dtype="float32")[y] * 0.998 + 0.001
+        >>> [round(float(v), 3) for v in dice_ce_loss(y, perfect)]
+        [0.003, 0.003]
+        >>> bool(dice_ce_loss(y, 1 - perfect)[0] > 1)
+        True
+    """
+    from keras import ops
+
+    k = y_pred.shape[-1]
+    if k is None or k < 2:
+        raise ValueError(f"dice_ce_loss: expected a softmax over K >= 2 channels, got y_pred {y_pred.shape}")
+    if len(y_true.shape) == len(y_pred.shape):  # (B, *spatial, 1)
+        y_true = ops.squeeze(y_true, axis=-1)
+    if tuple(y_true.shape[1:]) != tuple(y_pred.shape[1:-1]):
+        raise ValueError(
+            f"dice_ce_loss: y_true {tuple(y_true.shape)} must be y_pred {tuple(y_pred.shape)} without its "
+            "channel axis"
+        )
+    y_pred = ops.cast(y_pred, "float32")
+    onehot = ops.one_hot(ops.cast(y_true, "int32"), k)  # (B, *spatial, K)
+    spatial = tuple(range(1, len(y_pred.shape) - 1))
+    ce = ops.mean(keras.losses.categorical_crossentropy(onehot, y_pred), axis=spatial)  # (B,)
+    axes = (0, *spatial)
+    intersection = ops.sum(onehot * y_pred, axis=axes)  # (K,)
+    total = ops.sum(onehot, axis=axes) + ops.sum(y_pred, axis=axes)
+    dice = (2.0 * intersection + smooth) / (total + smooth)
+    return ce + (1.0 - ops.mean(dice[1:]))
+
+
 class _MetricsJsonl(keras.callbacks.Callback):
     """Append one JSON line per epoch (the logs, the epoch number and its seconds)."""
 
@@ -109,6 +165,22 @@ class _MetricsJsonl(keras.callbacks.Callback):
 
         with atomic_write(self.path, suffix=".jsonl") as tmp:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _best_so_far(out: Path, monitor: str, mode: str) -> float | None:
+    """The best ``monitor`` value in ``metrics.jsonl`` when a backup will be restored, else None.
+
+    A resumed run must not replace ``best.keras`` with a worse model: its
+    ``ModelCheckpoint`` starts from the best value of the epochs already done.
+    """
+    if not (out / "backup").is_dir() or not (out / "metrics.jsonl").is_file():
+        return None
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    values = [float(r[monitor]) for r in rows if isinstance(r.get(monitor), (int, float))]
+    values = [v for v in values if v == v and abs(v) != float("inf")]
+    if not values:
+        return None
+    return max(values) if mode == "max" else min(values)
 
 
 def fit(
@@ -138,7 +210,8 @@ def fit(
     ``checkpoints/last.keras`` every epoch and ``checkpoints/best.keras`` when
     ``monitor`` improves; every worker keeps a ``backup/`` (``BackupAndRestore``), so a
     run that was interrupted continues from its last finished epoch when the same call
-    is made again (a finished run removes its backup).
+    is made again (a finished run removes its backup). A resumed run keeps the best
+    value of ``metrics.jsonl`` as the one to beat, so ``best.keras`` only gets better.
 
     Args:
         build: ``build() -> compiled keras.Model`` (called inside the strategy scope).
@@ -197,7 +270,11 @@ def fit(
                 _MetricsJsonl(out / "metrics.jsonl"),
                 keras.callbacks.ModelCheckpoint(str(out / "checkpoints" / "last.keras")),
                 keras.callbacks.ModelCheckpoint(
-                    str(out / "checkpoints" / "best.keras"), monitor=monitor, mode=mode, save_best_only=True
+                    str(out / "checkpoints" / "best.keras"),
+                    monitor=monitor,
+                    mode=mode,
+                    save_best_only=True,
+                    initial_value_threshold=_best_so_far(out, monitor, mode),
                 ),
             ]
     if progress and chief:
