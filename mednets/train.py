@@ -681,6 +681,8 @@ def _train(config, args, world) -> int:
     out = args.out
     store_path = args.store or out / "data.h5"
     trained = {k: v for k, v in config.items() if k not in RUN_KEYS}
+    if args.resume and (out / "checkpoints" / "last.pt").is_file():
+        _check_resume(out, trained)  # before config.json is rewritten: a refused resume changes nothing
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
         record = {

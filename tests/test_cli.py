@@ -143,6 +143,7 @@ def test_resume_with_another_config_is_refused_naming_the_keys(tmp_path, capsys)
     train_main(args)
     with pytest.raises(ValueError, match=r"differing keys: lr \(checkpoint 0.0001, now 0.001\)"):
         train_main([*args, "--resume", "--lr", "1e-3"])
+    assert json.loads((out / "config.json").read_text())["config"]["lr"] == 1e-4  # nothing changed
     # The same command resumed: nothing left to train, the outputs stay complete.
     assert train_main([*args, "--resume"]) == 0
     _check_outputs(out, "nvnet-brats")
