@@ -31,7 +31,7 @@ book: $(STAMP)
 	$(BIN)/jupyter-book build . --all --warningiserror --keep-going
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest --doctest-modules mednets tests notebooks $(NBVAL)
+	$(BIN)/python -m pytest --durations=15 --doctest-modules mednets tests notebooks $(NBVAL)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

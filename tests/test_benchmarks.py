@@ -66,6 +66,48 @@ def test_flips_move_image_and_label_together(bh):
     assert not np.array_equal(fx, x)  # 6 cases x 3 axes: some flip happened
 
 
+def test_left_right_flips_leave_the_other_axes_alone(bh):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 1, 4, 5, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.uint8)
+    fx, fy = bh.flip_batch(x, y, rng, flip_axes=(0,))
+    flipped = [not np.array_equal(fx[i], x[i]) for i in range(16)]
+    assert 0 < sum(flipped) < 16  # about half the cases flip
+    for i in range(16):
+        assert np.array_equal(fx[i], x[i]) or np.array_equal(fx[i], x[i, :, ::-1])  # axis 0 only
+    assert np.array_equal(fy, (fx[:, 0] > 0).astype(np.uint8))
+
+
+def test_the_book_crop_holds_every_training_label(bh):
+    from mednets.data.decathlon import decathlon_cases, hippocampus_split, label_names, load_case
+
+    train = set(hippocampus_split(DATA)["train"])
+    names = label_names(DATA)
+    lost = 0
+    for case in decathlon_cases(DATA):
+        if case.case_id in train:
+            _, label, _ = load_case(case, label_names=names)
+            back = bh.crop_or_pad(bh.crop_or_pad(label, bh.BOOK_CROP), label.shape)
+            lost += int(((label > 0) & (back == 0)).sum())
+    assert lost == 0
+    assert all(s % 8 == 0 for s in bh.BOOK_CROP)
+
+
+def test_poly_schedule_decays_to_zero_over_the_fixed_steps(bh, one_torch_thread):
+    spec = {**bh.NETWORKS["monai_unet"], **bh.BOOK_RECIPE}  # a small, fast network with the book's recipe
+    runner = bh.TorchRunner("monai_unet", spec, (16, 16, 16), threads=1, steps=3)
+    x = np.zeros((2, 1, 16, 16, 16), np.float32)
+    y = np.zeros((2, 16, 16, 16), np.uint8)
+    lrs = []
+    for _ in range(3):
+        lrs.append(runner.opt.param_groups[0]["lr"])
+        runner.train_batch(x, y)
+    assert lrs[0] == pytest.approx(1e-3) and lrs[0] > lrs[1] > lrs[2] > 0
+    assert runner.opt.param_groups[0]["lr"] == 0.0
+    peer = bh.TorchRunner("monai_unet", bh.NETWORKS["monai_unet"], (16, 16, 16), threads=1, steps=3)
+    assert peer.scheduler is None  # the peer keeps its constant rate
+
+
 def test_scoring_crops_back_to_each_case_grid(bh):
     label = np.zeros((5, 7, 6), np.uint8)
     label[1:3, 1:4, 1:3] = 1
@@ -111,6 +153,9 @@ def test_tiny_run_writes_the_keys_the_notebook_reads(bh, tmp_path, one_torch_thr
         assert len(net["per_case"]["dice"]["Anterior"]) == 3
         assert net["per_case"]["case_ids"] == r["test_ids"]
     assert r["comparison"]["best"] == "nvnet" and r["comparison"]["peer"] == "monai_unet"
+    assert (
+        r["networks"]["nvnet"]["schedule"] == "poly" and r["networks"]["monai_unet"]["schedule"] == "constant"
+    )
     assert set(r["comparison"]["per_structure"]) == {"Anterior", "Posterior", "mean of both"}
     assert {"command", "commit", "versions", "cpu", "seed"} <= set(r["provenance"])
 
