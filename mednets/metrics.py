@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import ndimage
 
-__all__ = ["dice", "hd95", "dice_per_label", "hd95_per_label", "brats_scores"]
+__all__ = ["dice", "hd95", "dice_per_label", "hd95_per_label", "structure_scores", "brats_scores"]
 
 
 def _few_values(x: np.ndarray, n: int = 6) -> str:
@@ -286,6 +286,37 @@ def hd95_per_label(
     pred, target, labels = _label_pair(pred, target, labels, "hd95_per_label")
     spacing = _check_spacing(spacing, pred.ndim)
     return {label: hd95(pred == label, target == label, spacing) for label in labels}
+
+
+def structure_scores(pred, label, names, spacing=None) -> dict[str, float]:
+    """Dice and HD95 of each named structure of two label maps.
+
+    Args:
+        pred: Predicted label map ``(*S)``, integer values 0..len(names).
+        label: Reference label map ``(*S)``, same values.
+        names: Structure names of labels 1, 2, ... (e.g. ``("anterior", "posterior")``).
+        spacing: Voxel size in mm. Defaults to None (voxels).
+
+    Returns:
+        ``{"<name>_dice": ..., "<name>_hd95": ...}`` (HD95 in mm, inf where a structure is
+        missing from one map), as :func:`dice_per_label` and :func:`hd95_per_label`.
+
+    Raises:
+        ValueError: As :func:`dice_per_label` and :func:`hd95_per_label` (shapes, dtypes).
+
+    Example:
+        >>> y = np.zeros((6, 6, 6), np.int64); y[1:3] = 1; y[3:5] = 2
+        >>> structure_scores(y, y, ("a", "b"))["b_dice"]
+        1.0
+    """
+    labels = list(range(1, len(names) + 1))
+    d = dice_per_label(pred, label, labels)
+    h = hd95_per_label(pred, label, labels, spacing)
+    out = {}
+    for lab, name in zip(labels, names):
+        out[f"{name}_dice"] = float(d[lab])
+        out[f"{name}_hd95"] = float(h[lab])
+    return out
 
 
 def brats_scores(

@@ -102,6 +102,15 @@ _PAPER = {
     "structures": ["WT", "TC", "ET"],
 }
 
+#: The data keys of every hippocampus recipe (Chapter 6's task).
+_HIPPOCAMPUS_DATA = {
+    "dataset": "decathlon",
+    "modalities": None,
+    "label_convention": "plain",
+    "structures": ["anterior", "posterior"],
+    "in_channels": 1,
+}
+
 #: Recipe name -> config. Use :func:`get_recipe` for a copy with overrides.
 RECIPES: dict[str, dict[str, Any]] = {
     "nvnet-brats": {
@@ -121,11 +130,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "nvnet-hippocampus": {
         **_PAPER,
         "description": "NVNet (VAE on) on the Decathlon's Task04_Hippocampus, Chapter 6's task",
-        "dataset": "decathlon",
-        "modalities": None,
-        "label_convention": "plain",
-        "structures": ["anterior", "posterior"],
-        "in_channels": 1,
+        **_HIPPOCAMPUS_DATA,
         "out_channels": 2,
         "init_filters": 16,
         "target": "labels",
@@ -143,11 +148,7 @@ _KERAS_HIPPOCAMPUS = {
     # Chapter 6's Keras networks on the Decathlon's Task04_Hippocampus: the data keys of
     # nvnet-hippocampus, a softmax over background + anterior + posterior, Dice + CE.
     "framework": "keras",
-    "dataset": "decathlon",
-    "modalities": None,
-    "label_convention": "plain",
-    "structures": ["anterior", "posterior"],
-    "in_channels": 1,
+    **_HIPPOCAMPUS_DATA,
     "out_channels": 3,  # background + the two structures (softmax)
     "loss": "dice_ce",
     "target": "labels",

@@ -844,20 +844,6 @@ def _tf_task() -> str | None:
     return f"{task.get('type', 'worker')}{task.get('index', 0)}"
 
 
-def _label_map_scores(pred, label, spacing, names) -> dict[str, float]:
-    """Per-structure Dice and HD95 of two label maps (the NumPy twin of ``label_scores``)."""
-    from mednets.metrics import dice_per_label, hd95_per_label
-
-    labels = list(range(1, len(names) + 1))
-    d = dice_per_label(pred, label, labels)
-    h = hd95_per_label(pred, label, labels, spacing)
-    out = {}
-    for lab, name in zip(labels, names):
-        out[f"{name}_dice"] = float(d[lab])
-        out[f"{name}_hd95"] = float(h[lab])
-    return out
-
-
 def _mean_scores(scored, prefix: str = "") -> dict[str, float]:
     """Means over ``[(scores, shape, spacing)]``; an infinite HD95 counts as the diagonal in mm."""
     import numpy as np
@@ -955,6 +941,7 @@ def _train_keras(config, args) -> int:
     from mednets.data.nifti import save_like
     from mednets.data.transforms import brain_mask, zscore_normalise
     from mednets.keras.train import dice_ce_loss, fit, is_chief
+    from mednets.metrics import structure_scores
     from mednets.utils import atomic_write
 
     cases = find_cases(config, args.data)
@@ -1063,7 +1050,7 @@ def _train_keras(config, args) -> int:
             for image, (label, spacing) in zip(val_images, val_cases):
                 probs = net.predict(image[None], verbose=0)[0]
                 pred = probabilities_to_label(config, np.moveaxis(probs, -1, 0), None)
-                scored.append((_label_map_scores(pred, label, spacing, names), label.shape, spacing))
+                scored.append((structure_scores(pred, label, names, spacing), label.shape, spacing))
             logs.update(_mean_scores(scored, prefix="val_"))
             logs["eval_s"] = time.perf_counter() - t0
 
@@ -1112,7 +1099,7 @@ def _train_keras(config, args) -> int:
             pred = keras_segment(net, config, image, meta["convention"])
             save_like(pred, meta["reference"], out / "predictions" / f"{sid}.nii.gz", dtype=np.uint8)
             if label is not None:
-                per_case[sid] = _label_map_scores(pred, label.astype(np.int64), meta["spacing"], names)
+                per_case[sid] = structure_scores(pred, label.astype(np.int64), names, meta["spacing"])
                 scored.append((per_case[sid], label.shape, meta["spacing"]))
         summary = {
             "cases": per_case,

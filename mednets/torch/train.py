@@ -883,10 +883,9 @@ def label_scores(
         >>> label_scores(p, y, names=("a", "b"))["b_dice"]
         1.0
     """
-    from mednets.metrics import dice_per_label, hd95_per_label
+    from mednets.metrics import structure_scores
 
     k = probs.shape[0]
-    labels = list(range(1, len(names) + 1))
     if k == len(names):
         pred = np.zeros(probs.shape[1:], np.int64)
         for c in range(k):  # later channels win where masks overlap
@@ -898,14 +897,7 @@ def label_scores(
             f"label_scores: expected {len(names)} sigmoid or {len(names) + 1} softmax channels for "
             f"{list(names)}, got {k}"
         )
-    label = np.asarray(label)
-    d = dice_per_label(pred, label, labels)
-    h = hd95_per_label(pred, label, labels, spacing)
-    out = {}
-    for lab, name in zip(labels, names):
-        out[f"{name}_dice"] = float(d[lab])
-        out[f"{name}_hd95"] = float(h[lab])
-    return out
+    return structure_scores(pred, np.asarray(label), names, spacing)
 
 
 def sliding_window_validation(
